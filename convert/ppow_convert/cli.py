@@ -1,0 +1,46 @@
+"""ppow-convert: command line for the converters.
+
+  ppow-convert hf MODEL_DIR -o OUT.gguf [--outtype f32|f16|q8_0]
+  ppow-convert drafter CKPT_DIR --tokenizer-from TARGET.gguf -o OUT.gguf [--outtype ...]
+
+Bad input prints one line `ppow-convert: error: ...` and exits with status 2.
+"""
+import argparse
+import sys
+
+from .drafter import convert_drafter
+from .errors import ConvertError
+from .gguf_io import OUTTYPES
+from .hf_llama import convert_hf
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="ppow-convert", description="Convert HF Llama checkpoints and ppow drafters to GGUF.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    hf = sub.add_parser("hf", help="HF Llama checkpoint dir (config.json, *.safetensors, tokenizer) -> GGUF")
+    hf.add_argument("model_dir")
+    dr = sub.add_parser("drafter", help="trained drafter dir -> GGUF with the target's tokenizer")
+    dr.add_argument("ckpt_dir")
+    dr.add_argument("--tokenizer-from", required=True, metavar="TARGET.gguf", help="target GGUF to copy the vocabulary from")
+    for s in (hf, dr):
+        s.add_argument("-o", "--output", required=True, metavar="OUT.gguf")
+        s.add_argument("--outtype", default="f16", choices=list(OUTTYPES))
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        if args.cmd == "hf":
+            out = convert_hf(args.model_dir, args.output, args.outtype)
+        else:
+            out = convert_drafter(args.ckpt_dir, args.tokenizer_from, args.output, args.outtype)
+    except ConvertError as e:
+        print(f"ppow-convert: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+// bindings.cpp - ppow._core: the engine for Python. Decoding runs with the GIL released.
+#include "engine.h"
+
+#include <ggml-backend.h>
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+namespace nb = nanobind;
+using namespace nb::literals;
+using namespace ppow;
+
+#ifndef PPOW_LLAMA_VERSION
+#define PPOW_LLAMA_VERSION "unknown"
+#endif
+#ifndef PPOW_VERSION
+#define PPOW_VERSION "dev"
+#endif
+
+static nb::dict build_info() {
+    nb::dict d;
+    d["ppow_version"] = PPOW_VERSION;
+    d["llama_cpp_version"] = PPOW_LLAMA_VERSION;  // llama.cpp's own version as its CMake package reports it
+    nb::list regs, devs;
+    for (size_t i = 0; i < ggml_backend_reg_count(); ++i) regs.append(ggml_backend_reg_name(ggml_backend_reg_get(i)));
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+        devs.append(std::string(ggml_backend_dev_name(dev)) + ": " + ggml_backend_dev_description(dev));
+    }
+    d["backends"] = regs;
+    d["devices"] = devs;
+    d["gpu_offload"] = llama_supports_gpu_offload();
+    d["system_info"] = std::string(llama_print_system_info());
+    return d;
+}
+
+static nb::dict stats_dict(const Stats & s) {
+    nb::dict d;
+    d["prompt_tokens"] = s.n_prompt;
+    d["prompt_tokens_reused"] = s.n_prompt_reused;
+    d["t_prompt_ms"] = s.t_prompt_ms;
+    d["n_generated"] = s.n_generated;
+    d["n_steps"] = s.n_steps;
+    d["n_drafted"] = s.n_drafted;
+    d["n_accepted"] = s.n_accepted;
+    d["n_plain_steps"] = s.n_plain_steps;
+    d["n_probe_steps"] = s.n_probe_steps;
+    d["drafted_at"] = s.drafted_at;
+    d["accepted_at"] = s.accepted_at;
+    d["t_draft_ms"] = s.t_draft_ms;
+    d["t_draft_forward_ms"] = s.t_draft_fwd_ms;
+    d["t_verify_ms"] = s.t_verify_ms;
+    d["t_sample_ms"] = s.t_sample_ms;
+    d["t_total_ms"] = s.t_total_ms;
+    d["stop_reason"] = s.stop_reason;
+    return d;
+}
+
+NB_MODULE(_core, m) {
+    m.doc() = "ppow engine: speculative decoding over llama.cpp";
+    nb::exception<Error>(m, "EngineError", PyExc_RuntimeError);
+    m.def("build_info", &build_info, "llama.cpp build this module links: backends, devices, CPU features");
+
+    nb::class_<ModelParams>(m, "ModelParams")
+        .def(nb::init<>())
+        .def_rw("path", &ModelParams::path)
+        .def_rw("n_gpu_layers", &ModelParams::n_gpu_layers)
+        .def_rw("n_ctx", &ModelParams::n_ctx)
+        .def_rw("n_batch", &ModelParams::n_batch)
+        .def_rw("n_threads", &ModelParams::n_threads);
+
+    nb::enum_<DraftPolicy>(m, "DraftPolicy").value("fixed", DraftPolicy::Fixed).value("auto", DraftPolicy::Auto);
+
+    nb::class_<GenParams>(m, "GenParams")
+        .def(nb::init<>())
+        .def_rw("n_predict", &GenParams::n_predict)
+        .def_prop_rw("temp", [](GenParams & g) { return g.sampling.temp; }, [](GenParams & g, float v) { g.sampling.temp = v; })
+        .def_prop_rw("top_k", [](GenParams & g) { return g.sampling.top_k; }, [](GenParams & g, int v) { g.sampling.top_k = v; })
+        .def_prop_rw("top_p", [](GenParams & g) { return g.sampling.top_p; }, [](GenParams & g, float v) { g.sampling.top_p = v; })
+        .def_prop_rw("seed", [](GenParams & g) { return g.sampling.seed; }, [](GenParams & g, uint64_t v) { g.sampling.seed = v; })
+        .def_rw("draft_max", &GenParams::draft_max)
+        .def_rw("draft_min", &GenParams::draft_min)
+        .def_rw("draft_p_min", &GenParams::draft_p_min)
+        .def_rw("policy", &GenParams::policy)
+        .def_rw("use_drafter", &GenParams::use_drafter)
+        .def_rw("ignore_eos", &GenParams::ignore_eos)
+        .def_rw("stop", &GenParams::stop);
+
+    nb::class_<Engine>(m, "Engine")
+        .def(nb::init<const ModelParams &, const std::optional<ModelParams> &>(), "target"_a, "drafter"_a = nb::none(),
+             nb::call_guard<nb::gil_scoped_release>())
+        .def(
+            "generate",
+            [](Engine & e, const std::vector<llama_token> & prompt, const GenParams & gp, nb::object on_text) {
+                TextCallback cb;
+                if (!on_text.is_none())
+                    cb = [on_text](const std::string & s) {
+                        nb::gil_scoped_acquire gil;
+                        on_text(nb::bytes(s.data(), s.size()));
+                    };
+                Result r;
+                {
+                    nb::gil_scoped_release nogil;
+                    r = e.generate(prompt, gp, cb);
+                }
+                nb::dict d;
+                d["tokens"] = r.tokens;
+                d["text"] = nb::bytes(r.text.data(), r.text.size());
+                d["stats"] = stats_dict(r.stats);
+                return d;
+            },
+            "prompt"_a, "params"_a, "on_text"_a = nb::none())
+        .def("cancel", &Engine::cancel, "Stop the running generate() at its next step (thread-safe)")
+        .def("tokenize", &Engine::tokenize, "text"_a, "add_special"_a = true, "parse_special"_a = false)
+        .def("detokenize", [](Engine & e, const std::vector<llama_token> & t) {
+            std::string s = e.detokenize(t);
+            return nb::bytes(s.data(), s.size());
+        })
+        .def("calibrate", &Engine::calibrate, "k_max"_a, nb::call_guard<nb::gil_scoped_release>())
+        .def("cost_profile", [](Engine & e) { return e.costs().to_json(); })
+        .def_prop_rw("verify_batch_max", &Engine::verify_batch_max, &Engine::set_verify_batch_max)
+        .def_prop_ro("n_vocab", &Engine::n_vocab)
+        .def_prop_ro("n_ctx", &Engine::n_ctx)
+        .def_prop_ro("has_drafter", &Engine::has_drafter)
+        .def_prop_ro("drafter_kind", [](Engine & e) { return e.has_drafter() ? std::string(e.drafter()->kind()) : std::string(); })
+        .def_prop_ro("bos", &Engine::bos)
+        .def_prop_ro("add_bos", &Engine::add_bos);
+}

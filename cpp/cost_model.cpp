@@ -1,0 +1,137 @@
+#include "cost_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+namespace ppow {
+
+static constexpr double kEma = 0.1;  // weight of a new timing in the moving averages
+
+void CostModel::reset_acceptance() {
+    std::fill(conf_acc_, conf_acc_ + kBuckets, 0.0);
+    std::fill(conf_n_, conf_n_ + kBuckets, 0.0);
+    pos_acc_.clear();
+    pos_n_.clear();
+}
+
+void CostModel::set_verify_cost(int n, double ms) {
+    if ((int) tv_.size() <= n) {
+        tv_.resize(n + 1, 0.0);
+        tv_known_.resize(n + 1, 0);
+    }
+    tv_[n] = ms;
+    tv_known_[n] = 1;
+}
+
+void CostModel::observe_verify(int n, double ms) {
+    if (n < (int) tv_.size() && tv_known_[n]) tv_[n] += kEma * (ms - tv_[n]);
+    else set_verify_cost(n, ms);
+}
+
+void CostModel::observe_draft_token(double ms) {
+    td_ = td_known_ ? td_ + kEma * (ms - td_) : ms;
+    td_known_ = true;
+}
+
+double CostModel::verify_ms(int n) const {
+    // Windows longer than the verify chunk are verified chunk by chunk (an upper bound: later
+    // chunks are skipped after a rejection).
+    if (n > chunk_) return verify_ms(chunk_) + verify_ms(n - chunk_);
+    // Nearest measured sizes below and above n; extrapolate from the last two past the end.
+    int lo = -1, hi = -1;
+    for (int i = 1; i < (int) tv_.size(); ++i) {
+        if (!tv_known_[i]) continue;
+        if (i <= n) lo = i;
+        if (i >= n && hi < 0) hi = i;
+    }
+    if (lo < 0 && hi < 0) return 0.0;
+    if (lo == n) return tv_[n];
+    if (lo < 0) return tv_[hi] * n / hi;
+    if (hi < 0) {
+        int prev = -1;
+        for (int i = lo - 1; i >= 1; --i)
+            if (tv_known_[i]) { prev = i; break; }
+        const double slope = prev < 0 ? tv_[lo] / lo : (tv_[lo] - tv_[prev]) / (lo - prev);
+        return tv_[lo] + std::max(0.0, slope) * (n - lo);
+    }
+    return tv_[lo] + (tv_[hi] - tv_[lo]) * (n - lo) / (hi - lo);
+}
+
+static int bucket(float c) {
+    return std::min(CostModel::kBuckets - 1, std::max(0, (int) (c * CostModel::kBuckets)));
+}
+
+void CostModel::observe_token(int pos, float confidence, bool accepted) {
+    if (confidence >= 0.0f) {  // < 0: the drafter did not compute it
+        const int b = bucket(confidence);
+        conf_n_[b] += 1;
+        conf_acc_[b] += accepted;
+    }
+    if ((int) pos_n_.size() <= pos) {
+        pos_n_.resize(pos + 1, 0.0);
+        pos_acc_.resize(pos + 1, 0.0);
+    }
+    pos_n_[pos] += 1;
+    pos_acc_[pos] += accepted;
+}
+
+double CostModel::accept_rate_conf(float c) const {
+    // Prior: the drafter's own probability, worth two observations.
+    const int b = bucket(c);
+    const double mid = (b + 0.5) / kBuckets;
+    return (conf_acc_[b] + 2.0 * mid) / (conf_n_[b] + 2.0);
+}
+
+double CostModel::accept_rate_pos(int pos) const {
+    // Conditional rate at this position given all before it were accepted; Beta(1,1) prior.
+    // Positions never reached borrow the last measured one.
+    if (pos_n_.empty()) return 0.5;
+    const int p = std::min(pos, (int) pos_n_.size() - 1);
+    return (pos_acc_[p] + 1.0) / (pos_n_[p] + 2.0);
+}
+
+int CostModel::best_window(int k_cap, double * gain) const {
+    const double plain = 1.0 / std::max(1e-6, verify_ms(1));
+    double best = plain, expected = 0.0, p_all = 1.0;
+    int best_k = 0;
+    for (int k = 1; k <= k_cap; ++k) {
+        p_all *= accept_rate_pos(k - 1);
+        expected += p_all;
+        const double rate = (1.0 + expected) / (verify_ms(k + 1) + k * draft_ms());
+        if (rate > best) { best = rate; best_k = k; }
+    }
+    if (gain) *gain = best / plain;
+    return best_k;
+}
+
+bool CostModel::speculation_can_pay(int k_cap) const {
+    const double plain = 1.0 / std::max(1e-6, verify_ms(1));
+    for (int k = 1; k <= k_cap; ++k)
+        if ((1.0 + k) / (verify_ms(k + 1) + k * draft_ms()) > plain) return true;
+    return false;
+}
+
+bool CostModel::worth_adding(int j, double expected, double p_all, double a) const {
+    // j tokens kept so far; compare windows of j and j+1 tokens.
+    const double now = (1.0 + expected) / (verify_ms(j + 1) + j * draft_ms());
+    const double next = (1.0 + expected + p_all * a) / (verify_ms(j + 2) + (j + 1) * draft_ms());
+    return next > now;
+}
+
+std::string CostModel::to_json() const {
+    std::string s = "{\"target_ms\": {";
+    bool first = true;
+    for (int n = 1; n < (int) tv_.size(); ++n) {
+        if (!tv_known_[n]) continue;
+        char buf[64];
+        std::snprintf(buf, sizeof buf, "%s\"%d\": %.4f", first ? "" : ", ", n, tv_[n]);
+        s += buf;
+        first = false;
+    }
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "}, \"draft_ms\": %.4f}", td_);
+    return s + buf;
+}
+
+}  // namespace ppow

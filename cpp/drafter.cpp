@@ -1,0 +1,92 @@
+#include "drafter.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+namespace ppow {
+
+static std::string token_text(const llama_vocab * v, llama_token t) {
+    const char * s = llama_vocab_get_text(v, t);
+    return s ? s : "";
+}
+
+ModelDrafter::ModelDrafter(const ModelParams & params, const llama_vocab * tv) : model_(params) {
+    const int n_target = llama_vocab_n_tokens(tv);
+    d2t_ = gguf_int_array(params.path, "ppow.draft_vocab.d2t");
+    const llama_vocab * dv = model_.vocab();
+    if (d2t_.empty()) {
+        // Same vocabulary required: same size and the same token strings (spot-checked).
+        if (model_.n_vocab() != n_target)
+            throw Error("drafter vocabulary (" + std::to_string(model_.n_vocab()) +
+                        " tokens) does not match the target's (" + std::to_string(n_target) + " tokens)");
+        for (int t : {0, 1, 2, n_target / 3, n_target / 2, n_target - 1})
+            if (token_text(dv, t) != token_text(tv, t))
+                throw Error("drafter vocabulary differs from the target's at token " + std::to_string(t));
+        return;
+    }
+    if ((int) d2t_.size() != model_.n_vocab())
+        throw Error("drafter draft-vocabulary map has " + std::to_string(d2t_.size()) + " entries but the drafter has " +
+                    std::to_string(model_.n_vocab()) + " tokens");
+    t2d_.assign(n_target, -1);
+    for (int i = 0; i < (int) d2t_.size(); ++i) {
+        if (d2t_[i] < 0 || d2t_[i] >= n_target)
+            throw Error("drafter draft-vocabulary map points outside the target vocabulary (" +
+                        std::to_string(d2t_[i]) + " >= " + std::to_string(n_target) + ")");
+        t2d_[d2t_[i]] = i;
+    }
+    // Target tokens outside the draft vocabulary are fed as the draft id the converter recorded.
+    char buf[32] = {0};
+    llama_token unk = 0;
+    if (llama_model_meta_val_str(model_.model(), "ppow.draft_vocab.unk_id", buf, sizeof buf) > 0) unk = std::atoi(buf);
+    if (unk < 0 || unk >= (int) d2t_.size()) unk = 0;
+    for (auto & x : t2d_)
+        if (x < 0) x = unk;
+}
+
+void ModelDrafter::draft(const DraftRequest & req, DraftResult & out, Rng & rng) {
+    out.clear();
+    const auto & hist = *req.history;
+    const int room = model_.n_ctx() - (int) hist.size();
+    const int n_max = std::min(req.n_max, room);
+    if (n_max <= 0 || hist.empty()) return;
+
+    // Bring the drafter's cache up to the committed history: keep the common prefix, decode the rest
+    // in one batch (at least the newest token, whose logits start the window).
+    hist_draft_.resize(hist.size());
+    for (size_t i = 0; i < hist.size(); ++i) hist_draft_[i] = to_draft(hist[i]);
+    const int keep = model_.common_prefix(hist_draft_, 1);
+    model_.truncate(keep);
+    out.t_forward_ms += model_.decode(hist_draft_.data() + keep, (int) hist_draft_.size() - keep, 1);
+    out.n_forward += 1;
+
+    const SamplingParams & sp = *req.sampling;
+    const int nv = model_.n_vocab();
+    const int32_t * id_map = d2t_.empty() ? nullptr : d2t_.data();
+    if ((int) out.dists.size() < n_max) out.dists.resize(n_max);
+    for (int j = 0; j < n_max; ++j) {
+        const float * lg = model_.logits(0);
+        llama_token tok;
+        float p = -1.0f;  // unknown unless computed
+        if (sp.greedy()) {
+            const int row = argmax(lg, nv);
+            tok = to_target(row);
+            if (req.need_confidence) p = softmax_prob(lg, nv, row);
+        } else {
+            Dist & q = out.dists[j];
+            make_dist(lg, nv, sp, id_map, q, scratch_);
+            tok = sample(q, rng);
+            for (size_t i = 0; i < q.ids.size(); ++i)
+                if (q.ids[i] == tok) { p = q.probs[i]; break; }
+        }
+        if (req.keep && !req.keep(j, p)) break;
+        out.tokens.push_back(tok);
+        out.confidence.push_back(p);
+        if (j + 1 == n_max) break;  // the last draft token needs no forward pass
+        const llama_token td = to_draft(tok);
+        out.t_forward_ms += model_.decode(&td, 1, 1);
+        out.n_forward += 1;
+    }
+}
+
+}  // namespace ppow

@@ -1,0 +1,313 @@
+#include "engine.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace ppow {
+
+Engine::Engine(const ModelParams & target, const std::optional<ModelParams> & drafter) : target_(target) {
+    target_.set_abort_flag(&cancel_flag_);
+    if (drafter) {
+        ModelParams dp = *drafter;
+        dp.n_ctx = target_.n_ctx();  // the drafter follows the same history
+        drafter_ = std::make_unique<ModelDrafter>(dp, target_.vocab());
+        drafter_->model().set_abort_flag(&cancel_flag_);
+    }
+    q_dense_.resize(target_.n_vocab());
+    costs_.set_chunk(verify_batch_max_);
+}
+
+std::vector<llama_token> Engine::tokenize(const std::string & text, bool add_special, bool parse_special) const {
+    const int cap = (int) text.size() + 2;
+    std::vector<llama_token> out(cap);
+    int n = llama_tokenize(target_.vocab(), text.data(), (int) text.size(), out.data(), cap, add_special, parse_special);
+    if (n < 0) {
+        out.resize(-n);
+        n = llama_tokenize(target_.vocab(), text.data(), (int) text.size(), out.data(), -n, add_special, parse_special);
+    }
+    out.resize(std::max(n, 0));
+    return out;
+}
+
+std::string Engine::token_piece(llama_token t) const {
+    char buf[256];
+    int n = llama_token_to_piece(target_.vocab(), t, buf, sizeof buf, 0, false);
+    if (n >= 0) return std::string(buf, n);
+    std::string s(-n, '\0');
+    n = llama_token_to_piece(target_.vocab(), t, s.data(), (int) s.size(), 0, false);
+    return s.substr(0, std::max(n, 0));
+}
+
+std::string Engine::detokenize(const std::vector<llama_token> & tokens) const {
+    for (llama_token t : tokens)
+        if (t < 0 || t >= target_.n_vocab()) throw Error("token id " + std::to_string(t) + " is outside the vocabulary");
+    std::string s(tokens.size() * 8 + 16, '\0');
+    int n = llama_detokenize(target_.vocab(), tokens.data(), (int) tokens.size(), s.data(), (int) s.size(), false, false);
+    if (n < 0) {
+        s.resize(-n);
+        n = llama_detokenize(target_.vocab(), tokens.data(), (int) tokens.size(), s.data(), (int) s.size(), false, false);
+    }
+    s.resize(std::max(n, 0));
+    return s;
+}
+
+static double median_ms(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+void Engine::calibrate(int k_max) {
+    // Time forward passes at the current depth with throwaway tokens, then drop them again.
+    const int base = (int) target_.cached().size();
+    const llama_token filler = target_.cached().empty() ? bos() : target_.cached().back();
+    std::vector<int> sizes = {1, 2, 3};
+    const int n_max = std::min(k_max + 1, verify_batch_max_);
+    for (int n = 5; n <= n_max; n = 2 * n - 1) sizes.push_back(n);
+    if (sizes.back() < n_max) sizes.push_back(n_max);
+    for (int n : sizes) {
+        if (base + n > target_.n_ctx()) break;
+        std::vector<llama_token> toks(n, std::max(0, filler));
+        std::vector<double> t;
+        for (int rep = 0; rep < 4; ++rep) {
+            const double ms = target_.decode(toks.data(), n, n);
+            target_.truncate(base);
+            if (rep > 0) t.push_back(ms);  // first run warms up the graph for this shape
+        }
+        costs_.set_verify_cost(n, median_ms(t));
+    }
+    if (drafter_) {
+        LlamaModel & dm = drafter_->model();
+        const int dbase = (int) dm.cached().size();
+        if (dbase + 1 <= dm.n_ctx()) {
+            const llama_token tok = 0;
+            std::vector<double> t;
+            for (int rep = 0; rep < 4; ++rep) {
+                const double ms = dm.decode(&tok, 1, 1);
+                dm.truncate(dbase);
+                if (rep > 0) t.push_back(ms);
+            }
+            costs_.observe_draft_token(median_ms(t));
+        }
+    }
+}
+
+int Engine::choose_window(const GenParams & gp, int k_cap, bool & probe) {
+    probe = false;
+    if (k_cap <= 0) return 0;
+    if (gp.policy == DraftPolicy::Fixed) return k_cap;
+    if (!costs_.has_verify_costs()) calibrate(gp.draft_max);
+    if (!costs_.speculation_can_pay(k_cap)) return 0;  // not even perfect drafts would pay here
+    const int k = costs_.best_window(k_cap);
+    if (k > 0) return k;
+    // Plain decoding looks best; probe now and then (backing off) so the estimates can recover.
+    if (++plain_since_probe_ < probe_interval_) return 0;
+    plain_since_probe_ = 0;
+    probe = true;
+    return std::min(k_cap, 2);
+}
+
+bool Engine::commit(llama_token t, const GenParams & gp, Result & res, std::vector<llama_token> & hist,
+                    std::string & text, size_t & emitted, const TextCallback & on_text) {
+    if (!gp.ignore_eos && llama_vocab_is_eog(target_.vocab(), t)) {
+        res.stats.stop_reason = "eos";
+        return false;
+    }
+    res.tokens.push_back(t);
+    hist.push_back(t);
+    text += token_piece(t);
+    size_t hold = 0;
+    for (const auto & s : gp.stop) {
+        if (s.empty()) continue;
+        const size_t at = text.find(s, emitted);
+        if (at != std::string::npos) {
+            text.resize(at);
+            res.stats.stop_reason = "stop";
+            return false;
+        }
+        hold = std::max(hold, s.size() - 1);  // a stop string may be starting at the tail
+    }
+    if (on_text && text.size() > emitted + hold) {
+        on_text(text.substr(emitted, text.size() - hold - emitted));
+        emitted = text.size() - hold;
+    }
+    if ((int) res.tokens.size() >= gp.n_predict) {
+        res.stats.stop_reason = "length";
+        return false;
+    }
+    return true;
+}
+
+static void validate(const GenParams & gp) {
+    if (gp.n_predict < 0) throw Error("n_predict must be >= 0");
+    if (gp.draft_max < 0) throw Error("draft_max must be >= 0");
+    if (gp.draft_min < 0) throw Error("draft_min must be >= 0");
+    if (gp.draft_min > gp.draft_max) throw Error("draft_min must be <= draft_max");
+    if (!(gp.draft_p_min >= 0.0f && gp.draft_p_min <= 1.0f)) throw Error("draft_p_min must be in [0, 1]");
+    if (!(gp.sampling.temp >= 0.0f) || std::isinf(gp.sampling.temp)) throw Error("temperature must be >= 0");
+    if (gp.sampling.top_k < 0) throw Error("top_k must be >= 0");
+    if (!(gp.sampling.top_p > 0.0f && gp.sampling.top_p <= 1.0f)) throw Error("top_p must be in (0, 1]");
+}
+
+Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams & gp, const TextCallback & on_text) {
+    validate(gp);
+    if (prompt.empty()) throw Error("the prompt is empty (no tokens)");
+    if ((int) prompt.size() > target_.n_ctx())
+        throw Error("the prompt has " + std::to_string(prompt.size()) + " tokens but the context holds " +
+                    std::to_string(target_.n_ctx()) + " (raise n_ctx)");
+    for (llama_token t : prompt)
+        if (t < 0 || t >= target_.n_vocab()) throw Error("prompt token id " + std::to_string(t) + " is outside the vocabulary");
+
+    cancel_flag_ = false;
+    rng_.seed(gp.sampling.seed);
+    Result res;
+    Stats & st = res.stats;
+    std::vector<llama_token> hist(prompt);
+    std::string text;
+    size_t emitted = 0;
+    const bool greedy = gp.sampling.greedy();
+    const bool speculate = drafter_ && gp.use_drafter && gp.draft_max > 0;
+    const int nv = target_.n_vocab();
+
+    double t_loop = now_ms();
+    try {
+        // Prompt: everything but the newest token goes into the target's cache now (reusing a
+        // cached prefix from the last call); the newest token opens the first verify batch.
+        const double t0 = now_ms();
+        const int keep = target_.common_prefix(prompt, 1);
+        target_.truncate(keep);
+        target_.decode(prompt.data() + keep, (int) prompt.size() - 1 - keep, 0);
+        st.n_prompt = (int) prompt.size();
+        st.n_prompt_reused = keep;
+        st.t_prompt_ms = now_ms() - t0;
+
+        t_loop = now_ms();
+        std::vector<llama_token> batch;
+        bool go = gp.n_predict > 0;
+        if (!go) st.stop_reason = "length";
+        while (go) {
+            if (cancel_flag_) { st.stop_reason = "cancelled"; break; }
+            if ((int) hist.size() > target_.n_ctx()) { st.stop_reason = "context"; break; }
+            const double t_step = now_ms();
+
+            // 1. Draft.
+            int k_cap = 0;
+            if (speculate)
+                k_cap = std::min({gp.draft_max, target_.n_ctx() - (int) hist.size(),
+                                  gp.n_predict - (int) res.tokens.size() - 1});
+            bool probe = false;
+            const int k = choose_window(gp, k_cap, probe);
+            draft_.clear();
+            if (k > 0) {
+                const bool auto_rule = gp.policy == DraftPolicy::Auto && !probe;
+                double expected = 0.0, p_all = 1.0;
+                DraftRequest req;
+                req.history = &hist;
+                req.n_max = k;
+                req.sampling = &gp.sampling;
+                req.need_confidence = gp.policy == DraftPolicy::Auto || gp.draft_p_min > 0.0f;
+                req.keep = [&](int j, float p) {
+                    if (req.need_confidence && p < gp.draft_p_min) return false;
+                    if (!auto_rule) return true;
+                    const double a = costs_.accept_rate_conf(p);
+                    if (j >= gp.draft_min && !costs_.worth_adding(j, expected, p_all, a)) return false;
+                    p_all *= a;
+                    expected += p_all;
+                    return true;
+                };
+                const double td0 = now_ms();
+                drafter_->draft(req, draft_, rng_);
+                st.t_draft_ms += now_ms() - td0;
+                st.t_draft_fwd_ms += draft_.t_forward_ms;
+                if (draft_.n_forward > 0) costs_.observe_draft_token(draft_.t_forward_ms / draft_.n_forward);
+                if ((int) draft_.tokens.size() < std::max(gp.draft_min, 1)) draft_.tokens.clear();
+            }
+            const int m = (int) draft_.tokens.size();
+
+            // 2+3. Verify the newest committed token plus the window, logits for every position, and
+            // accept the longest prefix the target agrees with plus one token of the target's own.
+            // Windows longer than verify_batch_max are verified in consecutive chunks (stopping at
+            // the first rejection) so every batch stays within the batch-invariant sizes.
+            batch.assign(1, hist.back());
+            batch.insert(batch.end(), draft_.tokens.begin(), draft_.tokens.end());
+            int a = 0, chunk0 = 0, chunk_n = 0;
+            llama_token bonus = -1;
+            double ts = 0.0;
+            for (int i = 0; i <= m; ++i) {
+                if (i == chunk0 + chunk_n) {
+                    chunk0 = i;
+                    chunk_n = std::min(verify_batch_max_, m + 1 - i);
+                    const double tv = target_.decode(batch.data() + chunk0, chunk_n, chunk_n);
+                    st.t_verify_ms += tv;
+                    costs_.observe_verify(chunk_n, tv);
+                }
+                const double ts0 = now_ms();
+                const float * lg = target_.logits(i - chunk0);
+                llama_token t;
+                bool ok;
+                if (greedy) {
+                    t = argmax(lg, nv);
+                    ok = i < m && t == draft_.tokens[i];
+                } else {
+                    make_dist(lg, nv, gp.sampling, nullptr, p_dist_, scratch_);
+                    if (i == m) {
+                        t = sample(p_dist_, rng_);
+                        ok = false;
+                    } else {
+                        // Speculative sampling: accept x ~ q with probability min(1, p(x)/q(x)),
+                        // else draw from norm(max(0, p - q)); the result is distributed as p.
+                        t = draft_.tokens[i];
+                        float px = 0.0f;
+                        for (size_t j = 0; j < p_dist_.ids.size(); ++j)
+                            if (p_dist_.ids[j] == t) { px = p_dist_.probs[j]; break; }
+                        const Dist & q = draft_.dists[i];
+                        q_dense_.set(q);
+                        ok = uniform(rng_) * q_dense_.get(t) < px;
+                        if (!ok) t = sample_residual(p_dist_, q_dense_, rng_);
+                        q_dense_.reset(q);
+                    }
+                }
+                ts += now_ms() - ts0;
+                if (!ok) { bonus = t; break; }
+                a = i + 1;
+            }
+            st.t_sample_ms += ts;
+
+            // 4. Book-keeping: statistics, acceptance model, probe back-off.
+            st.n_steps += 1;
+            if (m == 0) st.n_plain_steps += 1;
+            if (probe) st.n_probe_steps += 1;
+            st.n_drafted += m;
+            st.n_accepted += a;
+            if ((int) st.drafted_at.size() < m) {
+                st.drafted_at.resize(m, 0);
+                st.accepted_at.resize(m, 0);
+            }
+            for (int i = 0; i < m; ++i) {
+                st.drafted_at[i] += 1;
+                st.accepted_at[i] += i < a;
+                if (i <= a) costs_.observe_token(i, draft_.confidence[i], i < a);  // later ones were never judged
+            }
+
+            // 5. Commit accepted tokens and the bonus; drop rejected positions from the target cache.
+            for (int i = 0; i < a && go; ++i) go = commit(draft_.tokens[i], gp, res, hist, text, emitted, on_text);
+            if (go) go = commit(bonus, gp, res, hist, text, emitted, on_text);
+            target_.truncate((int) hist.size() - 1);
+
+            if (probe) {
+                const double rate = (a + 1) / (now_ms() - t_step);
+                probe_interval_ = rate > 1.0 / costs_.verify_ms(1) ? 8 : std::min(probe_interval_ * 2, 512);
+            }
+        }
+    } catch (const Error & e) {
+        if (std::string(e.what()) != "cancelled") throw;
+        st.stop_reason = "cancelled";
+        target_.truncate((int) hist.size() - 1);
+    }
+    st.t_total_ms = now_ms() - t_loop;
+    st.n_generated = (int) res.tokens.size();
+    if (on_text && text.size() > emitted) on_text(text.substr(emitted));
+    res.text = std::move(text);
+    return res;
+}
+
+}  // namespace ppow

@@ -1,0 +1,104 @@
+// engine.h - draft-then-verify generation over llama.cpp (a tidy speculative-simple).
+#pragma once
+
+#include "cost_model.h"
+#include "drafter.h"
+#include "model.h"
+#include "sampling.h"
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace ppow {
+
+enum class DraftPolicy { Fixed, Auto };
+
+struct GenParams {
+    int n_predict = 128;
+    SamplingParams sampling;
+    int draft_max = 8;        // window cap k
+    int draft_min = 0;        // windows shorter than this are not verified (plain step instead)
+    float draft_p_min = 0.0f; // stop the window at a token the drafter gives less than this
+    DraftPolicy policy = DraftPolicy::Fixed;
+    bool use_drafter = true;  // false: plain decoding even when a drafter is loaded
+    bool ignore_eos = false;
+    std::vector<std::string> stop;
+};
+
+struct Stats {
+    int n_prompt = 0, n_prompt_reused = 0;
+    double t_prompt_ms = 0.0;
+    int n_generated = 0, n_steps = 0, n_drafted = 0, n_accepted = 0;
+    int n_plain_steps = 0, n_probe_steps = 0;
+    std::vector<int> drafted_at, accepted_at;  // per window position
+    double t_draft_ms = 0.0;      // drafter, forward passes and its host work
+    double t_draft_fwd_ms = 0.0;  // drafter forward passes only
+    double t_verify_ms = 0.0;     // target forward passes
+    double t_sample_ms = 0.0;     // argmax / sampling / acceptance on the target's logits
+    double t_total_ms = 0.0;      // generation loop, prompt excluded
+    std::string stop_reason;      // eos | length | stop | context | cancelled
+};
+
+struct Result {
+    std::vector<llama_token> tokens;
+    std::string text;
+    Stats stats;
+};
+
+using TextCallback = std::function<void(const std::string &)>;
+
+class Engine {
+public:
+    Engine(const ModelParams & target, const std::optional<ModelParams> & drafter);
+
+    Result generate(const std::vector<llama_token> & prompt, const GenParams & params, const TextCallback & on_text);
+    void cancel() { cancel_flag_ = true; }
+
+    std::vector<llama_token> tokenize(const std::string & text, bool add_special, bool parse_special) const;
+    std::string detokenize(const std::vector<llama_token> & tokens) const;
+    std::string token_piece(llama_token t) const;
+
+    // Measure target verify cost per batch size (and drafter cost per token) on this machine.
+    void calibrate(int k_max);
+    CostModel & costs() { return costs_; }
+    void set_verify_batch_max(int n) {
+        verify_batch_max_ = n < 1 ? 1 : n;
+        costs_.set_chunk(verify_batch_max_);
+    }
+    int verify_batch_max() const { return verify_batch_max_; }
+
+    bool has_drafter() const { return drafter_ != nullptr; }
+    const Drafter * drafter() const { return drafter_.get(); }
+    LlamaModel & target() { return target_; }
+    int n_vocab() const { return target_.n_vocab(); }
+    int n_ctx() const { return target_.n_ctx(); }
+    llama_token bos() const { return llama_vocab_bos(target_.vocab()); }
+    bool add_bos() const { return llama_vocab_get_add_bos(target_.vocab()); }
+
+private:
+    // Commits tokens one by one; returns false once generation must stop.
+    bool commit(llama_token t, const GenParams & gp, Result & res, std::vector<llama_token> & hist,
+                std::string & pending, size_t & emitted, const TextCallback & on_text);
+    int choose_window(const GenParams & gp, int k_cap, bool & probe);
+
+    LlamaModel target_;
+    std::unique_ptr<ModelDrafter> drafter_;
+    CostModel costs_;
+    volatile bool cancel_flag_ = false;
+    Rng rng_;
+    DenseProbs q_dense_;
+    Dist p_dist_;
+    std::vector<int32_t> scratch_;
+    DraftResult draft_;
+    int plain_since_probe_ = 0, probe_interval_ = 8;
+    // Largest verify batch whose logits match single-token decoding bit for bit on llama.cpp's CPU
+    // backend (measured: batches of >= 8 take other matmul kernels and drift in the last bits,
+    // which flips near-tied argmaxes). Larger windows are verified in chunks of this size.
+    int verify_batch_max_ = 7;
+};
+
+}  // namespace ppow

@@ -1,0 +1,201 @@
+#include "model.h"
+
+#include <gguf.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <thread>
+
+namespace ppow {
+
+namespace {
+std::mutex g_log_mutex;
+std::string g_last_error;
+bool g_verbose = false;
+
+void log_callback(ggml_log_level level, const char * text, void *) {
+    if (level == GGML_LOG_LEVEL_ERROR || level == GGML_LOG_LEVEL_WARN) {
+        std::lock_guard<std::mutex> lock(g_log_mutex);
+        if (level == GGML_LOG_LEVEL_ERROR) g_last_error += text;
+    }
+    if (g_verbose) std::fputs(text, stderr);
+}
+
+void check_gguf_file(const std::string & path, const char * what) {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) throw Error(std::string(what) + " file not found or unreadable: " + path);
+    char magic[4] = {0, 0, 0, 0};
+    f.read(magic, 4);
+    if (f.gcount() != 4 || std::memcmp(magic, "GGUF", 4) != 0)
+        throw Error(std::string(what) + " is not a GGUF file (bad magic): " + path);
+}
+}  // namespace
+
+double now_ms() {
+    using namespace std::chrono;
+    return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
+}
+
+void install_log_capture() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        const char * v = std::getenv("PPOW_VERBOSE");
+        g_verbose = v && *v && std::strcmp(v, "0") != 0;
+        llama_backend_init();
+    });
+    // llama_cpp (Python) installs its own callback on import; re-assert ours when we load.
+    llama_log_set(log_callback, nullptr);
+}
+
+std::string last_llama_error() {
+    std::lock_guard<std::mutex> lock(g_log_mutex);
+    std::string e = g_last_error;
+    while (!e.empty() && (e.back() == '\n' || e.back() == ' ')) e.pop_back();
+    auto nl = e.rfind('\n');
+    return nl == std::string::npos ? e : e.substr(nl + 1);
+}
+
+static bool abort_cb(void * data) {
+    auto * flag = static_cast<const volatile bool *>(data);
+    return flag && *flag;
+}
+
+LlamaModel::LlamaModel(const ModelParams & p) : path_(p.path) {
+    install_log_capture();
+    check_gguf_file(p.path, "model");
+    if (p.n_ctx < 0) throw Error("n_ctx must be >= 0");
+    if (p.n_batch < 1) throw Error("n_batch must be >= 1");
+    {
+        std::lock_guard<std::mutex> lock(g_log_mutex);
+        g_last_error.clear();
+    }
+
+    llama_model_params mp = llama_model_default_params();
+    mp.n_gpu_layers = p.n_gpu_layers < 0 ? 999 : p.n_gpu_layers;
+    // Repacked CPU weights switch kernels with the batch size (gemv for 1 row, gemm from 4), so a
+    // verify batch would not reproduce single-token logits exactly; plain layouts do (see engine.h).
+    mp.use_extra_bufts = false;
+    model_ = llama_model_load_from_file(p.path.c_str(), mp);
+    if (!model_) {
+        std::string why = last_llama_error();
+        throw Error("failed to load model " + p.path + (why.empty() ? "" : ": " + why));
+    }
+    vocab_ = llama_model_get_vocab(model_);
+    n_vocab_ = llama_vocab_n_tokens(vocab_);
+
+    const int n_threads = p.n_threads > 0 ? p.n_threads : (int) std::max(1u, std::thread::hardware_concurrency());
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = p.n_ctx;
+    cp.n_batch = p.n_batch;
+    cp.n_ubatch = p.n_batch;
+    cp.n_seq_max = 1;
+    cp.n_threads = n_threads;
+    cp.n_threads_batch = n_threads;
+    cp.no_perf = true;
+    // Sliding-window models (Gemma 3) must keep the full KV so rejected draft positions can be removed.
+    cp.swa_full = true;
+    ctx_ = llama_init_from_model(model_, cp);
+    if (!ctx_) {
+        std::string why = last_llama_error();
+        llama_model_free(model_);
+        throw Error("failed to create a context for " + p.path + (why.empty() ? "" : ": " + why));
+    }
+    n_ctx_ = (int) llama_n_ctx(ctx_);
+    n_batch_ = (int) llama_n_batch(ctx_);
+    batch_ = llama_batch_init(n_batch_, 0, 1);
+}
+
+LlamaModel::~LlamaModel() {
+    llama_batch_free(batch_);
+    if (ctx_) llama_free(ctx_);
+    if (model_) llama_model_free(model_);
+}
+
+void LlamaModel::set_abort_flag(const volatile bool * flag) {
+    llama_set_abort_callback(ctx_, abort_cb, (void *) flag);
+}
+
+double LlamaModel::decode(const llama_token * tokens, int n, int n_logits) {
+    if (n <= 0) return 0.0;
+    if ((int) cached_.size() + n > n_ctx_) throw Error("context full: cannot decode past n_ctx");
+    const double t0 = now_ms();
+    for (int start = 0; start < n; start += n_batch_) {
+        const int m = std::min(n_batch_, n - start);
+        batch_.n_tokens = m;
+        int outputs = 0;
+        for (int i = 0; i < m; ++i) {
+            const int j = start + i;
+            batch_.token[i] = tokens[j];
+            batch_.pos[i] = (llama_pos) (cached_.size() + i);
+            batch_.n_seq_id[i] = 1;
+            batch_.seq_id[i][0] = 0;
+            batch_.logits[i] = j >= n - n_logits;
+            outputs += batch_.logits[i];
+        }
+        const int rc = llama_decode(ctx_, batch_);
+        if (rc == 2) {  // aborted mid-batch: forget whatever part of it reached the cache
+            llama_memory_seq_rm(llama_get_memory(ctx_), 0, (llama_pos) cached_.size(), -1);
+            throw Error("cancelled");
+        }
+        if (rc != 0) throw Error("llama_decode failed (code " + std::to_string(rc) + ")" +
+                                 (last_llama_error().empty() ? "" : ": " + last_llama_error()));
+        cached_.insert(cached_.end(), tokens + start, tokens + start + m);
+        n_out_last_ = outputs;
+    }
+    llama_synchronize(ctx_);
+    return now_ms() - t0;
+}
+
+const float * LlamaModel::logits(int i) const {
+    // llama_get_logits_ith takes a batch index; negative indices count outputs from the end.
+    return llama_get_logits_ith(ctx_, i - n_out_last_);
+}
+
+void LlamaModel::truncate(int n) {
+    if (n >= (int) cached_.size()) return;
+    if (!llama_memory_seq_rm(llama_get_memory(ctx_), 0, n, -1)) {
+        // Memory that cannot drop a tail (recurrent models) is rebuilt from scratch.
+        llama_memory_clear(llama_get_memory(ctx_), true);
+        cached_.clear();
+        return;
+    }
+    cached_.resize(n);
+}
+
+int LlamaModel::common_prefix(const std::vector<llama_token> & tokens, int keep_last) const {
+    const int limit = std::max(0, (int) tokens.size() - keep_last);
+    int n = 0;
+    while (n < limit && n < (int) cached_.size() && cached_[n] == tokens[n]) ++n;
+    return n;
+}
+
+std::vector<int32_t> gguf_int_array(const std::string & path, const char * key) {
+    gguf_init_params ip = {/*no_alloc*/ true, /*ctx*/ nullptr};
+    gguf_context * g = gguf_init_from_file(path.c_str(), ip);
+    if (!g) throw Error("cannot read GGUF metadata of " + path);
+    std::vector<int32_t> out;
+    const int64_t id = gguf_find_key(g, key);
+    if (id >= 0) {
+        const enum gguf_type t = gguf_get_arr_type(g, id);
+        const size_t n = gguf_get_arr_n(g, id);
+        const void * data = gguf_get_arr_data(g, id);
+        out.resize(n);
+        if (t == GGUF_TYPE_INT32 || t == GGUF_TYPE_UINT32) {
+            std::memcpy(out.data(), data, n * sizeof(int32_t));
+        } else if (t == GGUF_TYPE_INT64 || t == GGUF_TYPE_UINT64) {
+            for (size_t i = 0; i < n; ++i) out[i] = (int32_t) ((const int64_t *) data)[i];
+        } else {
+            gguf_free(g);
+            throw Error(std::string("GGUF key ") + key + " in " + path + " is not an integer array");
+        }
+    }
+    gguf_free(g);
+    return out;
+}
+
+}  // namespace ppow

@@ -1,0 +1,76 @@
+// model.h - one GGUF model with its own llama_context (and so its own KV cache), sequence 0 only.
+#pragma once
+
+#include <llama.h>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace ppow {
+
+// Every failure the engine reports to Python is an Error with a message fit for a user.
+struct Error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+struct ModelParams {
+    std::string path;
+    int n_gpu_layers = 0;   // -1: all layers
+    int n_ctx = 4096;       // 0: the model's training context
+    int n_batch = 512;      // largest batch handed to one llama_decode
+    int n_threads = 0;      // 0: all hardware threads
+};
+
+// Capture llama.cpp's log so a failed load can say why; silent unless PPOW_VERBOSE is set.
+void install_log_capture();
+std::string last_llama_error();
+
+class LlamaModel {
+public:
+    explicit LlamaModel(const ModelParams & params);
+    ~LlamaModel();
+    LlamaModel(const LlamaModel &) = delete;
+    LlamaModel & operator=(const LlamaModel &) = delete;
+
+    const llama_vocab * vocab() const { return vocab_; }
+    llama_context * ctx() const { return ctx_; }
+    llama_model * model() const { return model_; }
+    int n_vocab() const { return n_vocab_; }
+    int n_ctx() const { return n_ctx_; }
+    int n_batch() const { return n_batch_; }
+    const std::string & path() const { return path_; }
+
+    // Tokens known to be in the KV cache, in position order. The engine keeps this exact.
+    const std::vector<llama_token> & cached() const { return cached_; }
+
+    // Append tokens to the cache (positions continue from cached().size()); logits are produced
+    // for the last `n_logits` of them, in order. Chunks by n_batch. Returns forward time in ms.
+    double decode(const llama_token * tokens, int n, int n_logits);
+    // Logits row `i` (0-based among the rows requested by the last decode).
+    const float * logits(int i) const;
+    // Drop every cached position >= n.
+    void truncate(int n);
+    // Longest common prefix of the cache with `tokens`, capped so at least `keep_last`
+    // tokens of `tokens` remain to be decoded.
+    int common_prefix(const std::vector<llama_token> & tokens, int keep_last) const;
+
+    void set_abort_flag(const volatile bool * flag);
+
+private:
+    std::string path_;
+    llama_model * model_ = nullptr;
+    llama_context * ctx_ = nullptr;
+    const llama_vocab * vocab_ = nullptr;
+    llama_batch batch_{};
+    int n_vocab_ = 0, n_ctx_ = 0, n_batch_ = 0;
+    int n_out_last_ = 0;
+    std::vector<llama_token> cached_;
+};
+
+// Reads a GGUF file's integer array metadata (e.g. a draft-vocabulary map) without loading tensors.
+std::vector<int32_t> gguf_int_array(const std::string & path, const char * key);
+
+double now_ms();
+
+}  // namespace ppow

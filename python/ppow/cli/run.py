@@ -1,0 +1,132 @@
+"""ppow-run: generate text with a GGUF target and (optionally) a GGUF drafter, llama.cpp-style flags.
+
+With no model flags it runs the default: Gemma 3 270M (assembled from its PyPI package) with the
+PPOW drafter shipped in ppow. Text streams to stdout, a one-line summary goes to stderr; --json
+prints one JSON object instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+
+DEFAULT_PROMPT = "The three most useful things to know about speculative decoding are"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ppow-run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-m", "--model", help="target GGUF (default: Gemma 3 270M Q4_K_M)")
+    ap.add_argument("-md", "--model-draft", help="drafter GGUF (default with no -m: the shipped PPOW drafter; "
+                                                 "'none' for plain decoding)")
+    ap.add_argument("-p", "--prompt")
+    ap.add_argument("-f", "--file", help="read the prompt from a file")
+    ap.add_argument("-n", "--n-predict", type=int, default=128)
+    ap.add_argument("-c", "--ctx-size", type=int, default=4096)
+    ap.add_argument("-b", "--batch-size", type=int, default=512)
+    ap.add_argument("-t", "--threads", type=int, default=0, help="0: all hardware threads")
+    ap.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="target layers on the GPU (-1: all)")
+    ap.add_argument("-ngld", "--n-gpu-layers-draft", type=int, default=None, help="drafter layers on the GPU")
+    ap.add_argument("--temp", type=float, default=0.0, help="0: greedy")
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--draft-max", type=int, default=8)
+    ap.add_argument("--draft-min", type=int, default=0)
+    ap.add_argument("--draft-p-min", type=float, default=0.0)
+    ap.add_argument("--draft-policy", choices=("fixed", "auto"), default="auto")
+    ap.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    ap.add_argument("--ignore-eos", action="store_true")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    ap.add_argument("--info", action="store_true", help="print the llama.cpp build ppow links and exit")
+    return ap
+
+
+def read_prompt(args) -> str:
+    if args.prompt is not None:
+        return args.prompt
+    if args.file:
+        with open(args.file, encoding="utf-8") as f:
+            return f.read()
+    if not sys.stdin.isatty():
+        text = sys.stdin.read()
+        if text.strip():
+            return text
+    return DEFAULT_PROMPT
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    import ppow
+    from ppow import Generator, PpowError
+
+    if args.info:
+        print(json.dumps(ppow.build_info(), indent=2))
+        return 0
+    try:
+        prompt = read_prompt(args)
+        target = args.model or ppow.default_target()
+        drafter = args.model_draft
+        if drafter is None and args.model is None:
+            drafter = ppow.default_drafter("ppow")
+        if drafter in ("none", ""):
+            drafter = None
+        gen = Generator(target, drafter, n_ctx=args.ctx_size, n_batch=args.batch_size, n_threads=args.threads,
+                        n_gpu_layers=args.n_gpu_layers, n_gpu_layers_draft=args.n_gpu_layers_draft)
+        params = dict(n_predict=args.n_predict, temp=args.temp, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                      draft_max=args.draft_max, draft_min=args.draft_min, draft_p_min=args.draft_p_min,
+                      draft_policy=args.draft_policy, stop=args.stop, ignore_eos=args.ignore_eos)
+        gen._params(params)  # reject bad values before starting the worker
+    except (PpowError, ValueError, OSError) as e:
+        print(f"ppow-run: error: {e}", file=sys.stderr)
+        return 2
+
+    # Generate on a worker thread so Ctrl-C reaches the main thread, which then cancels cleanly.
+    box: dict = {}
+    pieces: list[str] = []
+
+    def work():
+        try:
+            if args.json:
+                box["result"] = gen.generate(prompt, **params)
+            else:
+                for piece in gen.stream(prompt, **params):
+                    pieces.append(piece)
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+                box["stats"] = gen.last_stats
+        except BaseException as e:
+            box["error"] = e
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    interrupted = False
+    while worker.is_alive():
+        try:
+            worker.join(0.1)
+        except KeyboardInterrupt:
+            interrupted = True
+            gen.cancel()
+    if "error" in box:
+        print(f"\nppow-run: error: {box['error']}", file=sys.stderr)
+        return 1
+    if args.json:
+        res = box["result"]
+        s = res.stats
+        out = {"text": res.text, "tokens": res.tokens, "n_steps": s.n_steps, "n_drafted": s.n_drafted,
+               "n_accepted": s.n_accepted, "tau": s.tau, "tokens_per_second": s.tokens_per_second,
+               "t_draft_ms": s.t_draft_ms, "t_verify_ms": s.t_verify_ms, "prompt_tokens": s.prompt_tokens,
+               "stats": s.as_dict(), "target": gen.target_path, "drafter": gen.drafter_path}
+        print(json.dumps(out))
+    else:
+        s = box.get("stats") or gen.last_stats
+        sys.stdout.write("\n")
+        print(f"ppow-run: {s.n_generated} tokens, {s.tokens_per_second:.1f} tok/s, tau {s.tau:.2f}, "
+              f"drafted {s.n_drafted} accepted {s.n_accepted} ({s.acceptance_rate:.0%}), steps {s.n_steps} "
+              f"(plain {s.n_plain_steps}), prompt {s.prompt_tokens} tok, stop: {s.stop_reason}", file=sys.stderr)
+    gen.close()
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

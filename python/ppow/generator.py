@@ -1,0 +1,292 @@
+"""ppow.Generator: load a target (and optionally a drafter) once, generate many times.
+
+Text in, text out; or tokens in, tokens out. Parameters are checked here so mistakes surface as
+ValueError/PpowError with a readable message before anything reaches C++.
+"""
+from __future__ import annotations
+
+import codecs
+import os
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+from ppow.errors import PpowError
+
+_GEN_KEYS = ("n_predict", "temp", "top_k", "top_p", "seed", "draft_max", "draft_min", "draft_p_min",
+             "draft_policy", "use_drafter", "ignore_eos", "stop")
+_GEN_DEFAULTS = dict(n_predict=128, temp=0.0, top_k=0, top_p=1.0, seed=0, draft_max=8, draft_min=0,
+                     draft_p_min=0.0, draft_policy="fixed", use_drafter=True, ignore_eos=False, stop=())
+
+
+@dataclass
+class Stats:
+    """Per-call statistics. Times are wall-clock milliseconds on this machine."""
+    prompt_tokens: int
+    prompt_tokens_reused: int
+    t_prompt_ms: float
+    n_generated: int
+    n_steps: int
+    n_drafted: int
+    n_accepted: int
+    n_plain_steps: int
+    n_probe_steps: int
+    drafted_at: list
+    accepted_at: list
+    t_draft_ms: float
+    t_draft_forward_ms: float
+    t_verify_ms: float
+    t_sample_ms: float
+    t_total_ms: float
+    stop_reason: str
+
+    @property
+    def tau(self) -> float:
+        """Mean tokens committed per verify step (accepted drafts + the target's own token)."""
+        return (self.n_accepted + self.n_steps) / self.n_steps if self.n_steps else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.n_accepted / self.n_drafted if self.n_drafted else 0.0
+
+    @property
+    def acceptance_by_position(self) -> list:
+        return [a / d if d else 0.0 for a, d in zip(self.accepted_at, self.drafted_at)]
+
+    @property
+    def tokens_per_second(self) -> float:
+        return 1000.0 * self.n_generated / self.t_total_ms if self.t_total_ms > 0 else 0.0
+
+    @property
+    def prompt_tokens_per_second(self) -> float:
+        n = self.prompt_tokens - self.prompt_tokens_reused
+        return 1000.0 * n / self.t_prompt_ms if self.t_prompt_ms > 0 else 0.0
+
+    @property
+    def t_overhead_ms(self) -> float:
+        """The loop's own time: everything but the target's and drafter's forward passes."""
+        return max(0.0, self.t_total_ms - self.t_verify_ms - self.t_draft_forward_ms)
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        for k in ("tau", "acceptance_rate", "acceptance_by_position", "tokens_per_second",
+                  "prompt_tokens_per_second", "t_overhead_ms"):
+            d[k] = getattr(self, k)
+        return d
+
+
+@dataclass
+class Generation:
+    text: str
+    tokens: list
+    stats: Stats = field(repr=False)
+
+
+def _check_file(path, what: str) -> str:
+    if path is None:
+        raise PpowError(f"no {what} model given")
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise PpowError(f"{what} model not found: {path}")
+    return path
+
+
+def _check_gen_params(p: dict) -> None:
+    def need(ok, msg):
+        if not ok:
+            raise ValueError(msg)
+
+    for k in ("n_predict", "top_k", "seed", "draft_max", "draft_min"):
+        need(isinstance(p[k], int) and not isinstance(p[k], bool), f"{k} must be an integer, got {p[k]!r}")
+    need(p["n_predict"] >= 0, f"n_predict must be >= 0, got {p['n_predict']}")
+    need(p["draft_max"] >= 0, f"draft_max (k) must be >= 0, got {p['draft_max']}")
+    need(p["draft_min"] >= 0, f"draft_min must be >= 0, got {p['draft_min']}")
+    need(p["draft_min"] <= p["draft_max"], f"draft_min ({p['draft_min']}) must be <= draft_max ({p['draft_max']})")
+    need(p["draft_max"] <= 64, f"draft_max must be <= 64, got {p['draft_max']}")
+    need(p["temp"] >= 0 and p["temp"] != float("inf"), f"temperature must be >= 0, got {p['temp']}")
+    need(p["top_k"] >= 0, f"top_k must be >= 0, got {p['top_k']}")
+    need(0 < p["top_p"] <= 1, f"top_p must be in (0, 1], got {p['top_p']}")
+    need(0 <= p["draft_p_min"] <= 1, f"draft_p_min must be in [0, 1], got {p['draft_p_min']}")
+    need(0 <= p["seed"] < 2**64, f"seed must be in [0, 2**64), got {p['seed']}")
+    need(p["draft_policy"] in ("fixed", "auto"), f"draft_policy must be 'fixed' or 'auto', got {p['draft_policy']!r}")
+    need(not isinstance(p["stop"], str), "stop must be a list of strings, not a string")
+
+
+class Generator:
+    """Speculative (or plain) generation from a GGUF target with an optional GGUF drafter.
+
+    Generator(target, drafter=None, n_ctx=4096, n_batch=512, n_threads=0, n_gpu_layers=0,
+              n_gpu_layers_draft=None, **generation_defaults)
+    """
+
+    def __init__(self, target, drafter=None, *, n_ctx: int = 4096, n_batch: int = 512, n_threads: int = 0,
+                 n_gpu_layers: int = 0, n_gpu_layers_draft: int | None = None, **defaults):
+        from ppow import _core
+
+        unknown = set(defaults) - set(_GEN_KEYS)
+        if unknown:
+            raise TypeError(f"unknown generation parameter(s): {', '.join(sorted(unknown))}")
+        for k, v, lo in (("n_ctx", n_ctx, 8), ("n_batch", n_batch, 1), ("n_threads", n_threads, 0)):
+            if not isinstance(v, int) or v < lo:
+                raise ValueError(f"{k} must be an integer >= {lo}, got {v!r}")
+        self._defaults = {**_GEN_DEFAULTS, **defaults}
+        _check_gen_params(self._defaults)
+
+        def model_params(path, ngl):
+            mp = _core.ModelParams()
+            mp.path, mp.n_ctx, mp.n_batch, mp.n_threads, mp.n_gpu_layers = path, n_ctx, n_batch, n_threads, ngl
+            return mp
+
+        tp = model_params(_check_file(target, "target"), n_gpu_layers)
+        dp = None
+        if drafter is not None:
+            ngld = n_gpu_layers if n_gpu_layers_draft is None else n_gpu_layers_draft
+            dp = model_params(_check_file(drafter, "drafter"), ngld)
+        try:
+            self._engine = _core.Engine(tp, dp)
+        except _core.EngineError as e:
+            raise PpowError(str(e)) from None
+        self._lock = threading.Lock()
+        self.target_path, self.drafter_path = tp.path, (dp.path if dp else None)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Free both models. The generator cannot be used afterwards."""
+        eng, self._engine = getattr(self, "_engine", None), None
+        if eng is not None:
+            eng.cancel()
+            with self._lock:
+                del eng
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def _live(self):
+        if self._engine is None:
+            raise PpowError("this Generator is closed")
+        return self._engine
+
+    @property
+    def has_drafter(self) -> bool:
+        return self._live.has_drafter
+
+    @property
+    def n_ctx(self) -> int:
+        return self._live.n_ctx
+
+    @property
+    def n_vocab(self) -> int:
+        return self._live.n_vocab
+
+    # -- tokens ----------------------------------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list:
+        if not isinstance(text, str):
+            raise TypeError("text must be a str")
+        return self._live.tokenize(text, add_special, parse_special)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        try:
+            return self._live.detokenize(list(tokens)).decode("utf-8", errors="replace")
+        except Exception as e:  # EngineError for ids outside the vocabulary
+            raise PpowError(str(e)) from None
+
+    # -- generation ------------------------------------------------------------------------------
+    def _params(self, overrides: dict):
+        from ppow import _core
+
+        unknown = set(overrides) - set(_GEN_KEYS)
+        if unknown:
+            raise TypeError(f"unknown generation parameter(s): {', '.join(sorted(unknown))}")
+        p = {**self._defaults, **overrides}
+        _check_gen_params(p)
+        gp = _core.GenParams()
+        for k in _GEN_KEYS:
+            if k == "draft_policy":
+                gp.policy = getattr(_core.DraftPolicy, p[k])
+            elif k == "stop":
+                gp.stop = [str(s) for s in p[k]]
+            else:
+                setattr(gp, k, p[k])
+        return gp
+
+    def _prompt_ids(self, prompt) -> list:
+        if isinstance(prompt, str):
+            ids = self.tokenize(prompt, add_special=True)
+        else:
+            ids = [int(t) for t in prompt]
+        if not ids:
+            raise ValueError("the prompt is empty")
+        return ids
+
+    def generate(self, prompt, **params) -> Generation:
+        """Generate from a prompt (str, or a list of token ids). Returns text, tokens and Stats."""
+        return self._run(prompt, params, on_text=None)
+
+    def stream(self, prompt, **params) -> Iterator[str]:
+        """Yield text pieces as they are accepted. Closing the iterator early cancels the run."""
+        pieces: queue.Queue = queue.Queue()
+        done = object()
+        box = {}
+
+        def work():
+            try:
+                box["result"] = self._run(prompt, params, on_text=pieces.put)
+            except BaseException as e:  # surfaced in the consumer
+                box["error"] = e
+            finally:
+                pieces.put(done)
+
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        try:
+            while (item := pieces.get()) is not done:
+                text = decoder.decode(item)
+                if text:
+                    yield text
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                yield tail
+        finally:
+            if worker.is_alive():
+                self.cancel()
+                worker.join()
+        if "error" in box:
+            raise box["error"]
+        self.last_stats = box["result"].stats
+
+    def cancel(self) -> None:
+        """Stop a running generate()/stream() at its next step; safe from any thread."""
+        if self._engine is not None:
+            self._engine.cancel()
+
+    def _run(self, prompt, params, on_text) -> Generation:
+        from ppow import _core
+
+        gp = self._params(params)
+        eng = self._live
+        ids = self._prompt_ids(prompt)
+        with self._lock:
+            try:
+                out = eng.generate(ids, gp, on_text)
+            except _core.EngineError as e:
+                raise PpowError(str(e)) from None
+        stats = Stats(**out["stats"])
+        self.last_stats = stats
+        return Generation(text=out["text"].decode("utf-8", errors="replace"), tokens=list(out["tokens"]), stats=stats)
+
+    # -- costs -----------------------------------------------------------------------------------
+    def cost_profile(self, k_max: int = 8) -> dict:
+        """Measure target verify cost per batch size and drafter cost per token on this machine
+        (the JSON that `ppow-train ppow --cost-profile` reads)."""
+        import json
+
+        eng = self._live
+        with self._lock:
+            eng.calibrate(k_max)
+        return json.loads(eng.cost_profile())

@@ -1,0 +1,240 @@
+"""On-disk cache of the target's behaviour on its own text.
+
+Layout of a cache dir:
+  meta.json                  target identity (sha256 of the target file), specials, settings, shard list
+  shard_00000.safetensors    tokens int32 [N]      input token ids (sequences concatenated)
+                             greedy int32 [N]      the target's argmax next token at each position
+                             topk_ids int32 [N,K]  the target's top-K next tokens
+                             topk_probs f16 [N,K]  their probabilities (softmax over the full vocabulary)
+                             seq_len int32 [S]     length of each sequence
+                             prompt_len int32 [S]  how many of its tokens are prompt (rest: continuation)
+  shard_00000.json           per-sequence category and prompt id
+
+Every sequence is exactly what the target saw (BOS + prompt tail + its greedy continuation), so at any
+position whose following tokens are the target's own greedy tokens ("on trajectory"), comparing drafted
+tokens with `greedy` IS greedy verification: the target's token after an accepted prefix is the cached one.
+"""
+
+import json
+import os
+import time
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .data import SEED_WORDS
+
+META = "meta.json"
+FORMAT_VERSION = 1
+
+
+class TargetMismatch(ValueError):
+    pass
+
+
+def shard_name(i):
+    return f"shard_{i:05d}"
+
+
+def check_target(meta, expect_sha256, what="cache"):
+    if expect_sha256 is not None and meta["target"]["sha256"] != expect_sha256:
+        raise TargetMismatch(
+            f"this {what} was made for target sha256 {meta['target']['sha256'][:16]}... "
+            f"({meta['target'].get('path')}), not for the given target (sha256 {expect_sha256[:16]}...); "
+            "rebuild it with `ppow-train data` for this target")
+
+
+def prepare_prompt_ids(target, text, prompt_tail):
+    """BOS + the last prompt_tail tokens of the prompt (the target sees exactly what is cached)."""
+    ids = target.tokenize(text)
+    bos = [ids[0]] if (ids and target.bos_id is not None and ids[0] == target.bos_id) else []
+    body = ids[len(bos):]
+    if prompt_tail and len(body) > prompt_tail:
+        body = body[-prompt_tail:]
+    return bos + body
+
+
+def seed_prompts(target, n, seed, sample_tokens, k):
+    """Prompts with no data: BOS + a seed word, then `sample_tokens` tokens sampled from the target's top-k.
+
+    Greedy continuation of one prefix is deterministic, so the sampled tokens give the variety. They
+    count as prompt (prompt_len covers them): only the greedy part is on the target's trajectory.
+    """
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        word = SEED_WORDS[i % len(SEED_WORDS)]
+        ids = target.tokenize(word)
+        for _ in range(sample_tokens):
+            _, tid, tp = (x[-1] for x in _topk_last(target, ids, k))
+            j = int(torch.multinomial(tp.float() / tp.float().sum(), 1, generator=g))
+            ids.append(int(tid[j]))
+        out.append({"ids": ids, "category": "seed", "id": f"seed{i}"})
+    return out
+
+
+def _topk_last(target, ids, k):
+    from .data import topk_rows
+
+    return topk_rows(target.logits(ids)[-1:], k)
+
+
+def build_cache(target, out_dir, prompts=None, *, max_new=64, prompt_tail=64, topk=16, shard_size=256,
+                seed_prefixes=0, seed_sample_tokens=3, seed=0, target_path=None, progress=True, log=print):
+    """Continue prompts (list of {text|ids, category, id}) greedily with the target and cache them.
+
+    Resumable: finished shards are kept; meta.json must describe the same target and settings.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    settings = dict(max_new=max_new, prompt_tail=prompt_tail, topk=topk, shard_size=shard_size,
+                    seed_prefixes=seed_prefixes, seed_sample_tokens=seed_sample_tokens, seed=seed,
+                    n_prompts=None if prompts is None else len(prompts))
+    meta_path = os.path.join(out_dir, META)
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            old = json.load(f)
+        check_target(old, target.identity)
+        if old["settings"] != settings:
+            raise ValueError(f"{out_dir} holds a cache made with other settings {old['settings']}; "
+                             "use another output dir")
+    if prompts is None:
+        if not seed_prefixes:
+            raise ValueError("no prompts and no --seed-prefixes")
+        prompts = seed_prompts(target, seed_prefixes, seed, seed_sample_tokens, topk)
+    meta = dict(version=FORMAT_VERSION, complete=False, settings=settings,
+                target=dict(sha256=target.identity, path=target_path, vocab_size=target.vocab_size,
+                            **target.specials()),
+                shards=[])
+    with open(meta_path + ".tmp", "w") as f:
+        json.dump(meta, f, indent=2)
+    os.replace(meta_path + ".tmp", meta_path)
+
+    n_shards = (len(prompts) + shard_size - 1) // shard_size
+    try:
+        from tqdm import tqdm
+        bar = tqdm(total=len(prompts), desc="data", disable=not progress, unit="prompt")
+    except ImportError:  # pragma: no cover
+        bar = None
+    t0, new_tokens = time.time(), 0
+    for s in range(n_shards):
+        chunk = prompts[s * shard_size:(s + 1) * shard_size]
+        path = os.path.join(out_dir, shard_name(s))
+        if os.path.exists(path + ".safetensors") and os.path.exists(path + ".json"):
+            with open(path + ".json") as f:
+                meta["shards"].append(json.load(f)["summary"])
+            if bar is not None:
+                bar.update(len(chunk))
+            continue
+        rows = dict(tokens=[], greedy=[], topk_ids=[], topk_probs=[], seq_len=[], prompt_len=[])
+        side = dict(category=[], id=[])
+        for p in chunk:
+            ids = p["ids"] if "ids" in p else prepare_prompt_ids(target, p["text"], prompt_tail)
+            toks, g, ti, tp = target.run(ids, max_new, topk)
+            rows["tokens"].append(torch.tensor(toks, dtype=torch.int32))
+            rows["greedy"].append(g)
+            rows["topk_ids"].append(ti)
+            rows["topk_probs"].append(tp)
+            rows["seq_len"].append(len(toks))
+            rows["prompt_len"].append(len(ids))
+            side["category"].append(p.get("category", "all"))
+            side["id"].append(p.get("id", ""))
+            new_tokens += len(toks) - len(ids)
+            if bar is not None:
+                bar.update(1)
+        tensors = {k: torch.cat(v) for k, v in rows.items() if k not in ("seq_len", "prompt_len")}
+        tensors["seq_len"] = torch.tensor(rows["seq_len"], dtype=torch.int32)
+        tensors["prompt_len"] = torch.tensor(rows["prompt_len"], dtype=torch.int32)
+        summary = dict(file=shard_name(s) + ".safetensors", sequences=len(chunk),
+                       positions=int(tensors["tokens"].numel()))
+        save_file(tensors, path + ".safetensors.tmp")
+        os.replace(path + ".safetensors.tmp", path + ".safetensors")  # atomic: a kill leaves no half shard
+        with open(path + ".json.tmp", "w") as f:
+            json.dump(dict(summary=summary, **side), f)
+        os.replace(path + ".json.tmp", path + ".json")
+        meta["shards"].append(summary)
+    if bar is not None:
+        bar.close()
+    meta["complete"] = True
+    meta["seconds"] = round(time.time() - t0, 2)
+    meta["new_tokens_this_run"] = new_tokens
+    with open(meta_path + ".tmp", "w") as f:
+        json.dump(meta, f, indent=2)
+    os.replace(meta_path + ".tmp", meta_path)
+    return meta
+
+
+class Cache:
+    """All shards of a cache dir in memory, with per-position bookkeeping for windows."""
+
+    def __init__(self, path, expect_target_sha256=None, max_shards=None):
+        with open(os.path.join(path, META)) as f:
+            self.meta = json.load(f)
+        check_target(self.meta, expect_target_sha256)
+        if not self.meta.get("complete"):
+            raise ValueError(f"{path}: cache is incomplete (re-run `ppow-train data` to finish it)")
+        parts, self.categories, self.ids = [], [], []
+        for sh in self.meta["shards"][:max_shards]:
+            parts.append(load_file(os.path.join(path, sh["file"])))
+            with open(os.path.join(path, sh["file"].replace(".safetensors", ".json"))) as f:
+                side = json.load(f)
+            self.categories += side["category"]
+            self.ids += side["id"]
+        self._init({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
+        self.path = path
+
+    @classmethod
+    def from_tensors(cls, tensors, meta, categories=None):
+        self = cls.__new__(cls)
+        self.meta, self.path = meta, None
+        n = len(tensors["seq_len"])
+        self.categories = categories or ["all"] * n
+        self.ids = [str(i) for i in range(n)]
+        self._init(tensors)
+        return self
+
+    def _init(self, t):
+        self.tokens = t["tokens"].long()
+        self.greedy = t["greedy"].long()
+        self.topk_ids = t["topk_ids"].long()
+        self.topk_probs = t["topk_probs"].float()
+        self.seq_len = t["seq_len"].long()
+        self.prompt_len = t["prompt_len"].long()
+        self.seq_start = torch.cumsum(self.seq_len, 0) - self.seq_len
+        N = len(self.tokens)
+        self.seq_of = torch.repeat_interleave(torch.arange(len(self.seq_len)), self.seq_len)
+        seq_end = (self.seq_start + self.seq_len)[self.seq_of]  # exclusive end per position
+        nxt = torch.cat([self.tokens[1:], self.tokens.new_zeros(1)])
+        idx = torch.arange(N)
+        self.on_traj = (idx + 1 < seq_end) & (nxt == self.greedy)
+        # run[i]: how many consecutive on-trajectory positions start at i (vectorised reverse scan)
+        z = np.where(self.on_traj.numpy(), N, np.arange(N))
+        next_break = np.minimum.accumulate(z[::-1])[::-1]
+        self.run = torch.from_numpy(np.minimum(next_break, seq_end.numpy() - 1) - np.arange(N)).clamp_min(0)
+        self.seq_end = seq_end
+
+    @property
+    def topk(self):
+        return self.topk_ids.shape[1]
+
+    def __len__(self):
+        return len(self.tokens)
+
+    def window_starts(self, k, continuation_only=True):
+        """Positions t where a k-token window is exactly verifiable from the cache (run[t] >= k-1)."""
+        ok = self.run >= (k - 1)
+        if continuation_only:
+            pos_in_seq = torch.arange(len(self.tokens)) - self.seq_start[self.seq_of]
+            ok &= pos_in_seq >= (self.prompt_len[self.seq_of] - 1)
+        return torch.nonzero(ok).flatten()
+
+    def context(self, t, ctx_len):
+        """Token ids of the drafter's context ending at position t (inclusive), at most ctx_len long."""
+        s = int(self.seq_start[self.seq_of[t]])
+        lo = s if ctx_len <= 0 else max(s, t - ctx_len + 1)
+        return self.tokens[lo:t + 1]
+
+    def token_counts(self, vocab_size):
+        """How often each target id appears as input or as the target's token (for the draft vocab)."""
+        c = torch.bincount(self.tokens, minlength=vocab_size)
+        return c + torch.bincount(self.greedy, minlength=vocab_size)

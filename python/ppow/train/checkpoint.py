@@ -1,0 +1,116 @@
+"""Checkpoints: safetensors + JSON only (never pickle).
+
+A checkpoint dir:
+  config.json                  LlamaConfig of the drafter (what the converter and transformers read)
+  model.safetensors            weights with LlamaForCausalLM names
+  draft_vocab.safetensors      d2t, only with a reduced draft vocabulary
+  ppow_train.json              provenance: stage, target sha256, step, args
+  trainer_state.safetensors    optimizer tensors + RNG states           (resume only)
+  trainer_state.json           optimizer scalars/param groups, step     (resume only)
+A checkpoint is written to a temporary dir and renamed into place, so a kill never leaves half of one.
+"""
+
+import json
+import os
+import shutil
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import model as M
+from .vocab import load_draft_vocab, save_draft_vocab
+
+
+def save_weights(model, ckpt_dir):
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if model.cfg["tie_word_embeddings"]:
+        sd.pop("lm_head.weight", None)  # as transformers saves tied models
+    save_file(sd, os.path.join(ckpt_dir, "model.safetensors"), metadata={"format": "pt"})
+
+
+def load_drafter(ckpt_dir, target_vocab_size=None, device="cpu"):
+    """(model, vocab, info) from a checkpoint dir."""
+    cfg = M.load_config(os.path.join(ckpt_dir, "config.json"))
+    model = M.Drafter(cfg)
+    sd = load_file(os.path.join(ckpt_dir, "model.safetensors"))
+    if cfg["tie_word_embeddings"]:
+        sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+    model.load_state_dict(sd, strict=True)
+    info = {}
+    p = os.path.join(ckpt_dir, "ppow_train.json")
+    if os.path.exists(p):
+        with open(p) as f:
+            info = json.load(f)
+    tvs = target_vocab_size or info.get("target_vocab_size")
+    vocab = load_draft_vocab(ckpt_dir, tvs)
+    return model.to(device), vocab, info
+
+
+def _flatten_optimizer(opt):
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for key, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{pid}.{key}"] = v.detach().contiguous().cpu()
+            else:
+                scalars[f"{pid}.{key}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _restore_optimizer(opt, tensors, js):
+    state = {}
+    for name, v in tensors.items():
+        if name.startswith("opt."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = v
+    for name, v in js["scalars"].items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = v
+    opt.load_state_dict({"state": state, "param_groups": js["param_groups"]})
+
+
+def save_checkpoint(ckpt_dir, model, vocab, info, optimizer=None, step=None, extra_tensors=None, extra_state=None):
+    """Write a checkpoint atomically. info goes to ppow_train.json; optimizer/step make it resumable."""
+    tmp = ckpt_dir.rstrip("/") + ".tmp"
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    os.makedirs(tmp)
+    M.save_config(model.cfg, os.path.join(tmp, "config.json"))
+    save_weights(model, tmp)
+    save_draft_vocab(vocab, tmp)
+    with open(os.path.join(tmp, "ppow_train.json"), "w") as f:
+        json.dump(info, f, indent=2, default=str)
+    if optimizer is not None:
+        tensors, js = _flatten_optimizer(optimizer)
+        tensors["rng.torch"] = torch.get_rng_state()
+        for k, v in (extra_tensors or {}).items():
+            tensors[f"extra.{k}"] = v.detach().contiguous().cpu()
+        save_file(tensors, os.path.join(tmp, "trainer_state.safetensors"))
+        js["step"] = step
+        js["extra"] = extra_state or {}
+        with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
+            json.dump(js, f, indent=2)
+    old = ckpt_dir.rstrip("/") + ".old"
+    if os.path.exists(ckpt_dir):
+        if os.path.exists(old):
+            shutil.rmtree(old)
+        os.replace(ckpt_dir, old)
+    os.replace(tmp, ckpt_dir)
+    if os.path.exists(old):
+        shutil.rmtree(old)
+
+
+def load_trainer_state(ckpt_dir, optimizer):
+    """Restore optimizer + RNG; returns (step, extra_tensors, extra_state)."""
+    tensors = load_file(os.path.join(ckpt_dir, "trainer_state.safetensors"))
+    with open(os.path.join(ckpt_dir, "trainer_state.json")) as f:
+        js = json.load(f)
+    _restore_optimizer(optimizer, tensors, js)
+    torch.set_rng_state(tensors["rng.torch"])
+    extra = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
+    return js["step"], extra, js.get("extra", {})
+
+
+def has_trainer_state(ckpt_dir):
+    return os.path.exists(os.path.join(ckpt_dir, "trainer_state.json"))

@@ -1,0 +1,328 @@
+"""ppow-train: data | kd | ppow | eval.
+
+  ppow-train data --target T.gguf --prompts train-prompts.jsonl --limit 2000 --max-new 64 -o runs/cache
+  ppow-train data --target T.gguf --seed-prefixes 500 -o runs/cache-seed
+  ppow-train kd   --cache runs/cache --target T.gguf --draft-vocab 32768 --init-embed target -o runs/kd
+  ppow-train ppow --cache runs/cache --init runs/kd -o runs/ppow
+  ppow-train eval --drafter runs/ppow --target T.gguf --prompts specbench-dev.jsonl --k 4,6,8 -o eval.json
+Multi-GPU: torchrun --nproc_per_node N -m ppow.train.cli kd ... (same flags).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+
+def _target_path(p):
+    if p in (None, "", "gemma3-270m"):
+        from .data import default_target_path
+
+        return default_target_path()
+    return p
+
+
+def add_common_train(ap):
+    ap.add_argument("--cache", required=True, help="cache dir from `ppow-train data`")
+    ap.add_argument("-o", "--out", required=True, help="run dir (OUT/ckpt resumable, OUT/final the result)")
+    ap.add_argument("--target", help="target GGUF/HF dir: checked against the cache's target identity")
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
+    ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--grad-clip", type=float, default=1.0)
+    ap.add_argument("--ctx-len", type=int, default=None, help="drafter context in tokens (0 = whole sequence)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save-every", type=int, default=200)
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/ckpt if it exists")
+    ap.add_argument("--stop-after", type=int, default=0, help="stop (checkpointed) after this many steps this run")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--quiet", action="store_true")
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(prog="ppow-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("data", help="continue prompts greedily with the target and cache its tokens + top-k")
+    d.add_argument("--target", default=None, help="GGUF file or HF dir (default: the packaged Gemma 3 270M)")
+    d.add_argument("--backend", choices=["auto", "llama", "torch"], default="auto")
+    d.add_argument("--prompts", default=None, help="jsonl (text|turns) or plain text, one prompt per line")
+    d.add_argument("--limit", type=int, default=None)
+    d.add_argument("--offset", type=int, default=0)
+    d.add_argument("--seed-prefixes", type=int, default=0, help="with no --prompts: number of seed-prefix sequences")
+    d.add_argument("--seed-sample-tokens", type=int, default=3)
+    d.add_argument("--max-new", type=int, default=64)
+    d.add_argument("--prompt-tail", type=int, default=64, help="keep BOS + the last N prompt tokens")
+    d.add_argument("--topk", type=int, default=16)
+    d.add_argument("--shard-size", type=int, default=256)
+    d.add_argument("--n-ctx", type=int, default=0, help="llama.cpp context (default prompt-tail + max-new + 8)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("-o", "--out", required=True)
+    d.add_argument("--quiet", action="store_true")
+
+    k = sub.add_parser("kd", help="stage 1: token-level distillation (the baseline)")
+    add_common_train(k)
+    k.add_argument("--init", default=None, help="continue from a drafter checkpoint (fresh optimizer)")
+    k.add_argument("--hidden", type=int, default=256)
+    k.add_argument("--layers", type=int, default=1)
+    k.add_argument("--heads", type=int, default=4)
+    k.add_argument("--kv-heads", type=int, default=0)
+    k.add_argument("--intermediate", type=int, default=0, help="MLP width (default 3 x hidden)")
+    k.add_argument("--max-positions", type=int, default=8192)
+    k.add_argument("--rope-theta", type=float, default=10000.0)
+    k.add_argument("--tie-embeddings", action="store_true")
+    k.add_argument("--draft-vocab", type=int, default=0, help="reduced draft vocabulary size (0 = the target's)")
+    k.add_argument("--init-embed", choices=["target", "random"], default="random")
+    k.add_argument("--batch-size", type=int, default=16)
+    k.add_argument("--chunk-len", type=int, default=128)
+    k.add_argument("--ce-coef", type=float, default=1.0)
+    k.add_argument("--kl-coef", type=float, default=1.0)
+    k.add_argument("--kd-positions", choices=["all", "continuation"], default="all")
+
+    p = sub.add_parser("ppow", help="stage 2: PPOW window-level policy optimisation")
+    add_common_train(p)
+    p.add_argument("--init", required=True, help="the stage-1 (KD) drafter; also the KL reference")
+    p.add_argument("--windows", type=int, default=16, help="windows per step (after selection)")
+    p.add_argument("--group-size", type=int, default=8, help="sampled windows per start position (G)")
+    p.add_argument("--k", type=int, default=6, help="fixed window length (without adaptive windowing)")
+    p.add_argument("--k-min", type=int, default=2)
+    p.add_argument("--k-max", type=int, default=8)
+    p.add_argument("--no-adaptive-window", dest="adaptive_window", action="store_false")
+    p.add_argument("--adaptive-k", choices=["speedup", "expected", "off"], default="speedup")
+    p.add_argument("--window-keep", type=float, default=0.25, help="fraction of candidate windows kept")
+    p.add_argument("--score-positions", type=int, default=2, help="window positions in the windowing score")
+    p.add_argument("--no-speedup-reward", dest="speedup_reward", action="store_false")
+    p.add_argument("--no-proximity", dest="proximity", action="store_false")
+    p.add_argument("--speedup-coef", type=float, default=1.0)
+    p.add_argument("--proximity-coef", type=float, default=0.5)
+    p.add_argument("--adv-norm", choices=["std", "none"], default="std")
+    p.add_argument("--pg-positions", choices=["decisive", "window"], default="decisive")
+    p.add_argument("--clip", type=float, default=0.2, help="PPO ratio clip (0 = off)")
+    p.add_argument("--kl-coef", type=float, default=0.02, help="KL(pi || KD drafter) penalty")
+    p.add_argument("--kd-coef", type=float, default=0.0, help="optional teacher-forced CE anchor")
+    p.add_argument("--ppo-epochs", type=int, default=2)
+    p.add_argument("--temperature", type=float, default=1.0, help="rollout sampling temperature")
+    p.add_argument("--exact-target", action="store_true",
+                   help="run the target (--target) on every drafted window instead of using the cache")
+    p.add_argument("--verify", choices=["greedy", "sampled"], default="greedy",
+                   help="greedy: accept while equal to the target's argmax; sampled: min(1, p/q) (needs --exact-target)")
+    p.add_argument("--backend", choices=["auto", "llama", "torch"], default="auto")
+    p.add_argument("--all-positions", action="store_true", help="windows may start inside prompts too")
+    p.add_argument("--cost-profile", default=None, help='JSON {"target_ms": {"1": .., "2": ..}, "draft_ms": ..}')
+    p.add_argument("--target-ms-1", type=float, default=1.0)
+    p.add_argument("--target-ms-per-token", type=float, default=0.1)
+    p.add_argument("--draft-ms", type=float, default=0.05)
+
+    e = sub.add_parser("eval", help="simulate greedy speculative decoding; report tau per k and category")
+    e.add_argument("--drafter", required=True)
+    e.add_argument("--cache", default=None, help="evaluate on a cached trajectory")
+    e.add_argument("--prompts", default=None, help="or: fresh target continuations of these prompts")
+    e.add_argument("--target", default=None)
+    e.add_argument("--backend", choices=["auto", "llama", "torch"], default="auto")
+    e.add_argument("--limit", type=int, default=None)
+    e.add_argument("--max-new", type=int, default=128)
+    e.add_argument("--prompt-tail", type=int, default=0, help="0 = whole prompt (as much as fits n_ctx)")
+    e.add_argument("--n-ctx", type=int, default=0)
+    e.add_argument("--work-dir", default=None, help="where fresh continuations are cached (reused if present)")
+    e.add_argument("--k", default="2,4,6,8")
+    e.add_argument("--ctx-len", type=int, default=None, help="drafter context (default: the training one)")
+    e.add_argument("--cost-profile", default=None)
+    e.add_argument("--target-ms-1", type=float, default=1.0)
+    e.add_argument("--target-ms-per-token", type=float, default=0.1)
+    e.add_argument("--draft-ms", type=float, default=0.05)
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("-o", "--out", default=None, help="JSON output (also printed)")
+    e.add_argument("--quiet", action="store_true")
+    return ap
+
+
+STAGE_DEFAULTS = {"kd": dict(lr=2e-3, warmup=50, ctx_len=128), "ppow": dict(lr=2e-4, warmup=10, ctx_len=None)}
+
+
+def _fill_defaults(args):
+    for k, v in STAGE_DEFAULTS.get(args.cmd, {}).items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+
+
+def _args_dict(args):
+    return {k: v for k, v in vars(args).items() if k != "cmd"}
+
+
+def cmd_data(args):
+    from .cache import build_cache
+    from .data import load_target, read_prompts
+
+    path = _target_path(args.target)
+    if not args.prompt_tail:  # 0 = whole prompt, as much as fits the context
+        args.prompt_tail = (args.n_ctx or 2048) - args.max_new - 8
+    n_ctx = args.n_ctx or (args.prompt_tail + args.max_new + 8 + (8 if args.seed_prefixes else 0))
+    t0 = time.time()
+    target = load_target(path, args.backend, n_ctx=n_ctx)
+    prompts = read_prompts(args.prompts, args.limit, args.offset) if args.prompts else None
+    meta = build_cache(target, args.out, prompts, max_new=args.max_new, prompt_tail=args.prompt_tail,
+                       topk=args.topk, shard_size=args.shard_size, seed_prefixes=args.seed_prefixes,
+                       seed_sample_tokens=args.seed_sample_tokens, seed=args.seed, target_path=os.path.abspath(path),
+                       progress=not args.quiet)
+    pos = sum(s["positions"] for s in meta["shards"])
+    print(json.dumps({"cache": args.out, "sequences": sum(s["sequences"] for s in meta["shards"]), "positions": pos,
+                      "new_tokens": meta["new_tokens_this_run"], "seconds": round(time.time() - t0, 1),
+                      "target_sha256": meta["target"]["sha256"]}))
+
+
+def _load_cache(args, expect=None):
+    from .cache import Cache
+    from .data import sha256_of
+
+    if expect is None and getattr(args, "target", None):
+        expect = sha256_of(_target_path(args.target))
+    return Cache(args.cache, expect_target_sha256=expect)
+
+
+def cmd_kd(args, rank, world, device):
+    from . import checkpoint as C
+    from . import kd, loop
+    from .model import num_params, read_target_embeddings
+
+    cache = _load_cache(args)
+    tsha = cache.meta["target"]["sha256"]
+    if args.init:
+        model, vocab, info0 = C.load_drafter(loop.resolve_ckpt(args.init), cache.meta["target"]["vocab_size"])
+        if info0.get("target_sha256") not in (None, tsha):
+            raise ValueError(f"--init drafter was trained for another target ({info0.get('target_sha256')[:16]}...)")
+        kept = None
+    else:
+        vocab = kd.build_vocab(cache, args.draft_vocab)
+        emb = None
+        if args.init_embed == "target":
+            if not args.target:
+                raise ValueError("--init-embed target needs --target")
+            emb = read_target_embeddings(_target_path(args.target))
+        model, kept = kd.build_drafter(cache, vocab, args, emb)
+    model.to(device)
+    info = dict(stage="kd", target_sha256=tsha, target_vocab_size=cache.meta["target"]["vocab_size"],
+                ctx_len=args.ctx_len, args=_args_dict(args), params=num_params(model), embed_variance_kept=kept)
+    if rank == 0 and not args.quiet:
+        print(f"[kd] drafter {num_params(model) / 1e6:.2f}M params, vocab {vocab.size}, cache {len(cache)} positions")
+    if args.chunk_len > args.ctx_len > 0:
+        args.chunk_len = args.ctx_len  # a chunk is the drafter's context window
+    t0 = time.time()
+    final = loop.run(args, model, vocab, info, kd.make_step_fn(cache, vocab, args, rank), "kd", rank, world, device)
+    if rank == 0:
+        print(json.dumps({"stage": "kd", "checkpoint": final, "seconds": round(time.time() - t0, 1)}))
+    return final
+
+
+def cmd_ppow(args, rank, world, device):
+    from . import checkpoint as C
+    from . import loop, ppow
+
+    cache = _load_cache(args)
+    tsha = cache.meta["target"]["sha256"]
+    init = loop.resolve_ckpt(args.init)
+    model, vocab, info0 = C.load_drafter(init, cache.meta["target"]["vocab_size"])
+    if info0.get("target_sha256") not in (None, tsha):
+        raise ValueError("--init drafter was trained for another target than this cache's")
+    ref, _, _ = C.load_drafter(init, cache.meta["target"]["vocab_size"])
+    ref.to(device).eval()
+    for p_ in ref.parameters():
+        p_.requires_grad_(False)
+    model.to(device)
+    if args.ctx_len is None:
+        args.ctx_len = info0.get("ctx_len") or 128
+    info = dict(stage="ppow", target_sha256=tsha, target_vocab_size=cache.meta["target"]["vocab_size"],
+                ctx_len=args.ctx_len, init=os.path.abspath(init), cost=ppow.cost_from_args(args).to_dict(),
+                args=_args_dict(args))
+    t0 = time.time()
+    target = None
+    if args.exact_target:
+        from .data import load_target
+
+        target = load_target(_target_path(args.target), args.backend, n_ctx=4096)
+    final = loop.run(args, model, vocab, info, ppow.make_step_fn(model, ref, cache, vocab, args, rank, target),
+                     "ppow", rank, world, device)
+    if rank == 0:
+        print(json.dumps({"stage": "ppow", "checkpoint": final, "seconds": round(time.time() - t0, 1)}))
+    return final
+
+
+def cmd_eval(args):
+    from . import checkpoint as C
+    from . import loop
+    from .cache import Cache, build_cache
+    from .data import load_target, read_prompts, sha256_of
+    from .evaluate import evaluate
+    from .rewards import CostModel
+
+    ckpt = loop.resolve_ckpt(args.drafter)
+    model, vocab, info = C.load_drafter(ckpt)
+    expect = None
+    if args.cache:
+        cache_dir = args.cache
+        if args.target:
+            expect = sha256_of(_target_path(args.target))
+    else:
+        if not args.prompts:
+            raise ValueError("eval needs --cache or --prompts (with --target)")
+        import tempfile
+
+        path = _target_path(args.target)
+        cache_dir = args.work_dir or tempfile.mkdtemp(prefix="ppow-eval-")
+        prompts = read_prompts(args.prompts, args.limit)
+        n_ctx = args.n_ctx or 2048
+        target = load_target(path, args.backend, n_ctx=n_ctx)
+        tail = args.prompt_tail or (n_ctx - args.max_new - 8)  # whole prompt, unless it cannot fit
+        build_cache(target, cache_dir, prompts, max_new=args.max_new, prompt_tail=tail, topk=1,
+                    shard_size=256, target_path=os.path.abspath(path), progress=not args.quiet)
+        expect = target.identity
+    cache = Cache(cache_dir, expect_target_sha256=expect)
+    if info.get("target_sha256") not in (None, cache.meta["target"]["sha256"]):
+        raise ValueError("the drafter was trained for another target than the evaluation target")
+    ctx = args.ctx_len if args.ctx_len is not None else (info.get("ctx_len") or 0)
+    cost = CostModel.from_json(args.cost_profile) if args.cost_profile else CostModel.linear(
+        args.target_ms_1, args.target_ms_per_token, args.draft_ms)
+    ks = [int(x) for x in str(args.k).split(",") if x]
+    t0 = time.time()
+    res = dict(drafter=os.path.abspath(ckpt), cache=os.path.abspath(cache_dir), ctx_len=ctx,
+               sequences=len(cache.seq_len), target_sha256=cache.meta["target"]["sha256"],
+               cost=cost.to_dict(), results=evaluate(model, vocab, cache, ks, ctx, cost, args.batch_size))
+    res["seconds"] = round(time.time() - t0, 1)
+    txt = json.dumps(res, indent=2)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(txt)
+    print(txt)
+    return res
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    _fill_defaults(args)
+    if args.cmd == "data":
+        return cmd_data(args)
+    if args.cmd == "eval":
+        return cmd_eval(args)
+    from .common import dist_cleanup, dist_setup
+
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+    rank, world, device = dist_setup()
+    if args.device:
+        device = args.device
+    try:
+        if args.cmd == "kd":
+            return cmd_kd(args, rank, world, device)
+        if args.cmd == "ppow":
+            return cmd_ppow(args, rank, world, device)
+    finally:
+        dist_cleanup(world)
+
+
+if __name__ == "__main__":
+    main()

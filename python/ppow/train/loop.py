@@ -1,0 +1,106 @@
+"""The training loop shared by the KD and PPOW stages: resume, LR schedule, optimizer steps with NaN
+guards, DDP, checkpoints, JSONL metrics and tqdm.
+
+Layout of a run dir OUT:
+  OUT/ckpt/      latest checkpoint with trainer state (resume from here)
+  OUT/final/     the finished drafter, weights only (convert / eval / --init this one)
+  OUT/metrics.jsonl
+"""
+
+import json
+import os
+
+import torch
+
+from . import checkpoint as C
+from .common import MetricsLog, check_finite, lr_at, progress
+
+
+def resolve_ckpt(path):
+    """A checkpoint dir from a run dir or a checkpoint dir (OUT, OUT/final or OUT/ckpt)."""
+    for p in (path, os.path.join(path, "final"), os.path.join(path, "ckpt"), os.path.join(path, "ckpt.old")):
+        if os.path.exists(os.path.join(p, "config.json")):
+            return p
+    raise FileNotFoundError(f"no drafter checkpoint (config.json) in {path}, {path}/final or {path}/ckpt")
+
+
+class Trainer:
+    """Owns the optimizer; step functions call .update(loss) (PPO takes several updates per step)."""
+
+    def __init__(self, model, args, rank=0, world=1, device="cpu"):
+        self.model, self.args, self.rank, self.world, self.device = model, args, rank, world, device
+        decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+        no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
+        self.ddp = model
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.ddp = DDP(model, device_ids=[torch.device(device).index] if "cuda" in device else None)
+        self.step = 0
+        self.lr = args.lr
+
+    def update(self, loss):
+        check_finite(self.step, loss=loss.detach())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip if self.args.grad_clip > 0 else float("inf"))
+        check_finite(self.step, grad_norm=gn)
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr
+        self.opt.step()
+        return float(gn)
+
+
+def run(args, model, vocab, info, step_fn, stage, rank=0, world=1, device="cpu"):
+    """Run args.steps steps of step_fn(trainer, step) -> metrics dict; resumable; returns final dir."""
+    out = args.out
+    os.makedirs(out, exist_ok=True)
+    ckpt = os.path.join(out, "ckpt")
+    tr = Trainer(model, args, rank, world, device)
+    start = 0
+    if args.resume:
+        src = ckpt if C.has_trainer_state(ckpt) else (ckpt + ".old" if C.has_trainer_state(ckpt + ".old") else None)
+        if src is not None:
+            m2, _, old_info = C.load_drafter(src, info.get("target_vocab_size"))
+            model.load_state_dict(m2.state_dict())
+            start, _, _ = C.load_trainer_state(src, tr.opt)
+            changed = {k: (old_info.get("args", {}).get(k), v) for k, v in info.get("args", {}).items()
+                       if k not in ("resume", "stop_after", "steps", "out") and old_info.get("args", {}).get(k) != v}
+            if changed and rank == 0:
+                print(f"[{stage}] warning: resuming with changed arguments {changed}")
+            if rank == 0:
+                print(f"[{stage}] resumed from {src} at step {start}")
+    log = MetricsLog(os.path.join(out, "metrics.jsonl"), enabled=rank == 0)
+    bar = progress(args.steps, stage, initial=start, enabled=(rank == 0 and not args.quiet))
+    stop = args.steps if not args.stop_after else min(args.steps, start + args.stop_after)
+
+    def save(step):
+        if rank == 0:
+            C.save_checkpoint(ckpt, model, vocab, dict(info, step=step), optimizer=tr.opt, step=step)
+
+    for step in range(start, stop):
+        tr.step = step
+        tr.lr = lr_at(step, args.steps, args.lr, args.warmup, args.schedule)
+        model.train()
+        metrics = step_fn(tr, step)
+        metrics = {k: (float(v) if torch.is_tensor(v) else v) for k, v in metrics.items()}
+        log.log(stage=stage, step=step + 1, lr=tr.lr, **metrics)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if isinstance(v, float)}, refresh=False)
+        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < stop:
+            save(step + 1)
+    if bar is not None:
+        bar.close()
+    save(stop)
+    final = os.path.join(out, "final")
+    if stop == args.steps and rank == 0:
+        C.save_checkpoint(final, model, vocab, dict(info, step=stop))
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return final if stop == args.steps else ckpt
