@@ -105,7 +105,9 @@ LlamaModel::LlamaModel(const ModelParams & p) : path_(p.path) {
         llama_model_free(model_);
         throw Error("failed to create a context for " + p.path + (why.empty() ? "" : ": " + why));
     }
+    // llama.cpp pads the context up (to 256); the caller's figure stays the limit we enforce.
     n_ctx_ = (int) llama_n_ctx(ctx_);
+    if (p.n_ctx > 0) n_ctx_ = std::min(n_ctx_, p.n_ctx);
     n_batch_ = (int) llama_n_batch(ctx_);
     batch_ = llama_batch_init(n_batch_, 0, 1);
 }

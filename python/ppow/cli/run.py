@@ -68,7 +68,12 @@ def main(argv=None) -> int:
         target = args.model or ppow.default_target()
         drafter = args.model_draft
         if drafter is None and args.model is None:
-            drafter = ppow.default_drafter("ppow")
+            # The embedded default: Gemma 3 270M with the shipped PPOW drafter (plain decoding if a
+            # build ships without drafters, said once on stderr rather than failing).
+            if "gemma3-270m-ppow" in ppow.models.shipped_drafters():
+                drafter = ppow.default_drafter("ppow")
+            else:
+                print("ppow-run: no shipped drafter found; decoding plainly", file=sys.stderr)
         if drafter in ("none", ""):
             drafter = None
         gen = Generator(target, drafter, n_ctx=args.ctx_size, n_batch=args.batch_size, n_threads=args.threads,
