@@ -24,7 +24,7 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 import llama_cpp
 import tinymodels
 from ppow_convert import cli, convert_drafter, convert_hf
-from ppow_convert.drafter import KEY_D2T, KEY_TARGET_N_VOCAB
+from ppow_convert.drafter import KEY_D2T, KEY_TARGET_N_VOCAB, KEY_UNK
 from ppow_convert.safetensors_io import read_file
 
 PROMPTS = ["The painter said", "Numbers are fun: 1, 2,", "def add(a, b):\n", "When the draft model is"]
@@ -156,8 +156,9 @@ def test_drafter_copies_target_tokenizer(tiny_drafter_gguf, tiny_target_gguf, ti
     assert 0.5 < agree < 0.97, agree
 
 
-def make_reduced_drafter(src, dst, d2t):
-    """Drafter checkpoint whose vocabulary is the target tokens d2t (rows sliced from src)."""
+def make_reduced_drafter(src, dst, d2t, unk=0):
+    """Drafter checkpoint whose vocabulary is the target tokens d2t (rows sliced from src); target
+    tokens outside d2t are fed to it as draft id `unk`."""
     shutil.copytree(src, dst)
     cfg = json.loads((dst / "config.json").read_text())
     cfg["vocab_size"] = len(d2t)
@@ -166,15 +167,17 @@ def make_reduced_drafter(src, dst, d2t):
     for k in ("model.embed_tokens.weight", "lm_head.weight"):
         t[k] = np.ascontiguousarray(t[k][d2t])
     save_file(t, str(dst / "model.safetensors"))
-    save_file({"d2t": np.asarray(d2t, dtype=np.int64)}, str(dst / "draft_vocab.safetensors"))
+    save_file({"d2t": np.asarray(d2t, dtype=np.int64), "unk_draft_id": np.array([unk], dtype=np.int64)},
+              str(dst / "draft_vocab.safetensors"))
 
 
 def test_reduced_vocab_drafter(tiny_drafter_hf_dir, tiny_target_gguf, tmp_path):
     d2t = np.arange(3, 512, 2)  # 255 of the target's 512 tokens
-    make_reduced_drafter(tiny_drafter_hf_dir, tmp_path / "small", d2t)
+    make_reduced_drafter(tiny_drafter_hf_dir, tmp_path / "small", d2t, unk=4)
     path = convert_drafter(str(tmp_path / "small"), tiny_target_gguf, str(tmp_path / "small.gguf"), "f32")
     r = gguf.GGUFReader(path)
     assert r.fields[KEY_D2T].contents() == d2t.tolist()
+    assert r.fields[KEY_UNK].contents() == 4
     assert r.fields[KEY_TARGET_N_VOCAB].contents() == 512
     assert r.fields["tokenizer.ggml.model"].contents() == "none"
     shapes = {t.name: list(t.shape) for t in r.tensors}

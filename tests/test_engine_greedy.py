@@ -120,3 +120,42 @@ def test_cancel_from_other_thread(tiny_target_gguf, tiny_drafter_gguf):
         assert s.stop_reason == "cancelled" and 0 < s.n_generated < 4000
         # The generator stays usable after a cancel and is still lossless.
         assert g.generate("hello", n_predict=4, ignore_eos=True).stats.n_generated == 4
+
+
+def _reduced_drafter_gguf(tiny_drafter_hf_dir, tiny_target_gguf, tmp_path, d2t, unk):
+    from pathlib import Path
+
+    from ppow_convert import convert_drafter
+    from test_convert import make_reduced_drafter
+
+    make_reduced_drafter(Path(tiny_drafter_hf_dir), tmp_path / "reduced", d2t, unk=unk)
+    return convert_drafter(str(tmp_path / "reduced"), tiny_target_gguf, str(tmp_path / "reduced.gguf"), "f32")
+
+
+def test_reduced_vocab_drafter_map_is_honoured(tiny_target_gguf, tiny_drafter_hf_dir, spec, tmp_path):
+    # The full vocabulary in a shuffled order: the same drafter written with an id map. If the runtime
+    # honours the map it drafts exactly what the full-vocabulary drafter drafts.
+    import numpy as np
+
+    d2t = np.random.default_rng(0).permutation(512)
+    path = _reduced_drafter_gguf(tiny_drafter_hf_dir, tiny_target_gguf, tmp_path, d2t, unk=0)
+    with ppow.Generator(tiny_target_gguf, path, n_ctx=256) as shuffled:
+        for prompt in PROMPTS[:5]:
+            ref = spec.generate(prompt, n_predict=32, ignore_eos=True, draft_max=4)
+            out = shuffled.generate(prompt, n_predict=32, ignore_eos=True, draft_max=4)
+            assert out.tokens == ref.tokens
+            assert (out.stats.n_drafted, out.stats.n_accepted) == (ref.stats.n_drafted, ref.stats.n_accepted)
+
+
+def test_reduced_vocab_drafter_is_lossless(plain, tiny_target_gguf, tiny_drafter_hf_dir, tmp_path):
+    import numpy as np
+
+    d2t = np.arange(0, 512, 2)  # half the target's tokens; the rest reach the drafter as draft id 1
+    path = _reduced_drafter_gguf(tiny_drafter_hf_dir, tiny_target_gguf, tmp_path, d2t, unk=1)
+    with ppow.Generator(tiny_target_gguf, path, n_ctx=256) as reduced:
+        for k in (1, 3, 6):
+            for prompt in PROMPTS[:5]:
+                ref = plain.generate(prompt, n_predict=32, ignore_eos=True)
+                out = reduced.generate(prompt, n_predict=32, ignore_eos=True, draft_max=k)
+                assert out.tokens == ref.tokens
+                assert out.stats.n_drafted > 0

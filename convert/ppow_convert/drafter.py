@@ -28,14 +28,17 @@ from .tokenizer import copy_tokenizer, token_count
 D2T_FILE = "draft_vocab.safetensors"
 KEY_D2T = "ppow.draft_vocab.d2t"
 KEY_TARGET_N_VOCAB = "ppow.target.n_vocab"
+KEY_UNK = "ppow.draft_vocab.unk_id"  # the draft id fed for target tokens outside the draft vocabulary
 
 
 def load_d2t(ckpt_dir, n_target):
-    """The draft->target id map, validated; None when the drafter uses the full target vocab."""
+    """(d2t, unk_draft_id): the draft->target id map, validated, and the draft id that stands for
+    target tokens outside it; (None, None) when the drafter uses the full target vocab."""
     path = os.path.join(ckpt_dir, D2T_FILE)
     if not os.path.isfile(path):
-        return None
-    d2t = read_file(path).get("d2t")
+        return None, None
+    tensors = read_file(path)
+    d2t = tensors.get("d2t")
     if d2t is None or d2t.ndim != 1 or d2t.dtype.kind != "i":
         raise ConvertError(f"{path} must hold a 1-D integer tensor 'd2t'")
     d2t = np.asarray(d2t, dtype=np.int64)
@@ -43,7 +46,10 @@ def load_d2t(ckpt_dir, n_target):
         raise ConvertError(f"{path}: d2t has ids outside the target vocabulary [0, {n_target})")
     if len(np.unique(d2t)) != len(d2t):
         raise ConvertError(f"{path}: d2t maps two draft entries to the same target token")
-    return d2t.astype(np.int32)
+    unk = int(np.asarray(tensors["unk_draft_id"]).reshape(-1)[0]) if "unk_draft_id" in tensors else 0
+    if not 0 <= unk < len(d2t):
+        raise ConvertError(f"{path}: unk_draft_id {unk} is outside the draft vocabulary [0, {len(d2t)})")
+    return d2t.astype(np.int32), unk
 
 
 def convert_drafter(ckpt_dir, target_gguf, out_path, outtype="f16"):
@@ -55,7 +61,7 @@ def convert_drafter(ckpt_dir, target_gguf, out_path, outtype="f16"):
     cfg = load_config(ckpt_dir)
     reader = open_gguf(target_gguf)
     n_target = token_count(reader, target_gguf)
-    d2t = load_d2t(ckpt_dir, n_target)
+    d2t, unk = load_d2t(ckpt_dir, n_target)
     if d2t is None and cfg["vocab_size"] != n_target:
         raise ConvertError(f"vocab size mismatch: drafter vocab_size={cfg['vocab_size']} but the target "
                            f"tokenizer in {target_gguf} has {n_target} tokens")
@@ -72,6 +78,7 @@ def convert_drafter(ckpt_dir, target_gguf, out_path, outtype="f16"):
         else:
             w.add_tokenizer_model("none")
             w.add_key_value(KEY_D2T, d2t.tolist(), gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType.INT32)
+            w.add_int32(KEY_UNK, unk)
         w.add_uint32(KEY_TARGET_N_VOCAB, n_target)
         for name, t in tensors:
             add_weight(w, name, t, outtype)

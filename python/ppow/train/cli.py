@@ -53,6 +53,8 @@ def build_parser():
     d.add_argument("--target", default=None, help="GGUF file or HF dir (default: the packaged Gemma 3 270M)")
     d.add_argument("--backend", choices=["auto", "llama", "torch"], default="auto")
     d.add_argument("--prompts", default=None, help="jsonl (text|turns) or plain text, one prompt per line")
+    d.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0 = all cores; 1 on a busy machine)")
+    d.add_argument("--template", choices=["raw", "qa"], default="raw", help="prompt template (ppow.templates)")
     d.add_argument("--limit", type=int, default=None)
     d.add_argument("--offset", type=int, default=0)
     d.add_argument("--seed-prefixes", type=int, default=0, help="with no --prompts: number of seed-prefix sequences")
@@ -126,6 +128,7 @@ def build_parser():
     e.add_argument("--target", default=None)
     e.add_argument("--backend", choices=["auto", "llama", "torch"], default="auto")
     e.add_argument("--limit", type=int, default=None)
+    e.add_argument("--template", choices=["raw", "qa"], default="raw", help="prompt template (ppow.templates)")
     e.add_argument("--max-new", type=int, default=128)
     e.add_argument("--prompt-tail", type=int, default=0, help="0 = whole prompt (as much as fits n_ctx)")
     e.add_argument("--n-ctx", type=int, default=0)
@@ -164,8 +167,8 @@ def cmd_data(args):
         args.prompt_tail = (args.n_ctx or 2048) - args.max_new - 8
     n_ctx = args.n_ctx or (args.prompt_tail + args.max_new + 8 + (8 if args.seed_prefixes else 0))
     t0 = time.time()
-    target = load_target(path, args.backend, n_ctx=n_ctx)
-    prompts = read_prompts(args.prompts, args.limit, args.offset) if args.prompts else None
+    target = load_target(path, args.backend, n_ctx=n_ctx, n_threads=args.threads or None)
+    prompts = read_prompts(args.prompts, args.limit, args.offset, args.template) if args.prompts else None
     meta = build_cache(target, args.out, prompts, max_new=args.max_new, prompt_tail=args.prompt_tail,
                        topk=args.topk, shard_size=args.shard_size, seed_prefixes=args.seed_prefixes,
                        seed_sample_tokens=args.seed_sample_tokens, seed=args.seed, target_path=os.path.abspath(path),
@@ -274,7 +277,7 @@ def cmd_eval(args):
 
         path = _target_path(args.target)
         cache_dir = args.work_dir or tempfile.mkdtemp(prefix="ppow-eval-")
-        prompts = read_prompts(args.prompts, args.limit)
+        prompts = read_prompts(args.prompts, args.limit, template=args.template)
         n_ctx = args.n_ctx or 2048
         target = load_target(path, args.backend, n_ctx=n_ctx)
         tail = args.prompt_tail or (n_ctx - args.max_new - 8)  # whole prompt, unless it cannot fit

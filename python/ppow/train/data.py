@@ -41,11 +41,14 @@ def sha256_of(path, chunk=1 << 22):
     return h.hexdigest()
 
 
-def read_prompts(path, limit=None, offset=0):
+def read_prompts(path, limit=None, offset=0, template="raw"):
     """Prompts from jsonl (`text`, or `turns` whose first turn is used) or plain text (one per line).
 
     Returns dicts {text, category, id}; category comes from a `category` field (else "all").
+    `template` (see ppow.templates) frames each prompt, e.g. "qa" for a base model.
     """
+    from ppow.templates import apply_template
+
     out = []
     with open(path, encoding="utf-8") as f:
         is_jsonl = path.endswith((".jsonl", ".json"))
@@ -62,10 +65,10 @@ def read_prompts(path, limit=None, offset=0):
                     text = turns[0] if isinstance(turns, list) else str(turns)
                 else:
                     raise ValueError(f"{path}:{i + 1}: jsonl rows need a `text` or `turns` field")
-                out.append({"text": text, "category": str(d.get("category", "all")),
+                out.append({"text": apply_template(template, text), "category": str(d.get("category", "all")),
                             "id": str(d.get("question_id", d.get("id", i)))})
             else:
-                out.append({"text": line, "category": "all", "id": str(i)})
+                out.append({"text": apply_template(template, line), "category": "all", "id": str(i)})
     out = out[offset:]
     return out[:limit] if limit is not None else out
 
@@ -185,7 +188,7 @@ class LlamaCppTarget(Target):
 
         self.path = path
         self.llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, logits_all=True, verbose=False,
-                                   n_threads=n_threads, n_batch=min(512, n_ctx))
+                                   n_threads=n_threads or os.cpu_count(), n_batch=min(512, n_ctx))
         self.n_ctx = n_ctx
         self.identity = identity or sha256_of(path)
         self.vocab_size = int(self.llm.n_vocab())
@@ -242,11 +245,11 @@ class LlamaCppTarget(Target):
         return toks, torch.cat(gs), torch.cat(iss), torch.cat(ps)
 
 
-def load_target(path, backend="auto", n_ctx=1024, device="cpu"):
+def load_target(path, backend="auto", n_ctx=1024, device="cpu", n_threads=None):
     if backend == "auto":
         backend = "llama" if (os.path.isfile(path) and path.endswith(".gguf")) else "torch"
     if backend == "llama":
-        return LlamaCppTarget(path, n_ctx=n_ctx)
+        return LlamaCppTarget(path, n_ctx=n_ctx, n_threads=n_threads)
     if backend == "torch":
         return HFTarget(path, device=device)
     raise ValueError(f"unknown target backend {backend!r}")

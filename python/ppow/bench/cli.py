@@ -1,0 +1,348 @@
+"""ppow-bench: speed and τ of ppow's speculative decoding against plain decoding and peers.
+
+On the prompts of a Spec-Bench file it runs, interleaved prompt by prompt in a shuffled order:
+ppow plain (a Generator with only the target loaded), each drafter at each fixed window k and
+with the auto policy, and the peers: llama-cpp-python's own speculative path with the same
+drafter GGUF (plus its plain decoding) and Hugging Face assisted generation (plus HF plain).
+Every greedy speculative output is checked token for token against its own engine's plain
+output; any difference is a failure (exit status 1, after the report is written).
+
+Writes OUTDIR/report.json, OUTDIR/report.md and PNG plots.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import random
+import sys
+from pathlib import Path
+
+PEERS = ("llama-cpp-python", "hf")
+
+
+def named_path(text: str) -> tuple[str, str]:
+    """NAME=PATH, or a bare PATH named after its file stem (or directory name)."""
+    name, sep, path = text.partition("=")
+    if not sep:
+        path = text
+        name = Path(text.rstrip("/\\")).stem
+    if not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH or PATH, got {text!r}")
+    return name, path
+
+
+def int_list(text: str) -> list:
+    try:
+        ks = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(k < 1 or k > 64 for k in ks):
+        raise argparse.ArgumentTypeError("window sizes must be in 1..64")
+    return sorted(set(ks))
+
+
+def peer_list(text: str) -> list:
+    peers = [p.strip() for p in text.split(",") if p.strip() and p.strip() != "none"]
+    bad = [p for p in peers if p not in PEERS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown peer(s) {', '.join(bad)} (choose from {', '.join(PEERS)}, none)")
+    return peers
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ppow.bench.prompts import TEMPLATES
+
+    ap = argparse.ArgumentParser(prog="ppow-bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompts", required=True, help="Spec-Bench jsonl (question_id, category, turns)")
+    ap.add_argument("--target", help="target GGUF (default: Gemma 3 270M Q4_K_M)")
+    ap.add_argument("--drafter", action="append", type=named_path, default=[], metavar="NAME=PATH.gguf",
+                    help="drafter GGUF (repeatable; a bare path is named after its file stem)")
+    ap.add_argument("--drafter-hf", action="append", type=named_path, default=[], metavar="NAME=DIR",
+                    help="PyTorch drafter checkpoint dir for the HF peer, NAME matching a --drafter (repeatable)")
+    ap.add_argument("-n", "--n-predict", type=int, default=64, help="tokens per prompt (default 64)")
+    ap.add_argument("--limit", type=int, help="use the first N prompts (after --per-category)")
+    ap.add_argument("--per-category", type=int, help="use the first N prompts of each category")
+    ap.add_argument("--template", choices=sorted(TEMPLATES), default="qa",
+                    help="prompt template: qa = 'Question: {q}\\nAnswer:' (default), raw = the first turn as is")
+    ap.add_argument("--temp", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed and system-order shuffle seed")
+    ap.add_argument("--k", type=int_list, default=[2, 4, 8], help="fixed draft windows (default 2,4,8)")
+    ap.add_argument("--auto", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run the auto window policy (default on)")
+    ap.add_argument("--auto-max", type=int, default=8, help="draft_max for the auto policy (default 8)")
+    ap.add_argument("--repeats", type=int, default=1, help="passes over the prompts (default 1)")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads for every engine (default 0: all)")
+    ap.add_argument("--ctx", type=int, default=0, help="context size (default: longest prompt + n + window + margin)")
+    ap.add_argument("--peers", type=peer_list, default=["llama-cpp-python"],
+                    help="comma-separated peers: llama-cpp-python, hf, or none (default llama-cpp-python)")
+    ap.add_argument("--peer-repack", action="store_true",
+                    help="let llama-cpp-python repack weights (its default; ppow does not, for batch-invariant "
+                         "verification, and neither does the peer unless this is given)")
+    ap.add_argument("--hf-limit", type=int, default=4, help="run the HF peer on the first N prompts only (default 4)")
+    ap.add_argument("--hf-target", help="HF checkpoint dir or GGUF for the HF peer (default: --target)")
+    ap.add_argument("-o", "--outdir", required=True, help="directory for report.json, report.md and plots")
+    return ap
+
+
+def check_args(ap, args):
+    for name, v, lo in (("-n", args.n_predict, 1), ("--repeats", args.repeats, 1), ("--threads", args.threads, 0),
+                        ("--auto-max", args.auto_max, 1), ("--hf-limit", args.hf_limit, 0), ("--ctx", args.ctx, 0)):
+        if v < lo:
+            ap.error(f"{name} must be >= {lo}")
+    for flag in ("limit", "per_category"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            ap.error(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.temp < 0:
+        ap.error("--temp must be >= 0")
+    names = [n for n, _ in args.drafter]
+    if len(set(names)) != len(names):
+        ap.error("two drafters share a name; use NAME=PATH")
+    for _, path in args.drafter:
+        if not os.path.isfile(path):
+            ap.error(f"drafter not found: {path}")
+    for name, path in args.drafter_hf:
+        if name not in names:
+            ap.error(f"--drafter-hf {name}: no --drafter named {name}")
+        if not os.path.isdir(path):
+            ap.error(f"--drafter-hf {name}: not a directory: {path}")
+
+
+def machine_info() -> dict:
+    import ppow
+
+    return {"build": ppow.build_info(), "platform": platform.platform(), "processor": platform.processor(),
+            "machine": platform.machine(), "python": platform.python_version(), "cpu_count": os.cpu_count()}
+
+
+# -- systems ---------------------------------------------------------------------------------------
+def ppow_systems(args, target, n_ctx, closers):
+    from ppow import Generator
+    from ppow.bench.runners import PpowRunner, System
+
+    common = dict(n_predict=args.n_predict, temp=args.temp, seed=args.seed, ignore_eos=False)
+    gkw = dict(n_ctx=n_ctx, n_threads=args.threads)
+    plain = Generator(target, **gkw)
+    closers.append(plain.close)
+    systems = [System("ppow plain", "ppow", PpowRunner(plain, use_drafter=False, **common),
+                      notes=["a Generator with only the target loaded; the baseline of every ppow system"])]
+    for name, path in args.drafter:
+        if args.k:
+            gen = Generator(target, path, **gkw)  # shared by this drafter's fixed-k systems
+            closers.append(gen.close)
+            for k in args.k:
+                systems.append(System(f"ppow {name} k={k}", "ppow", PpowRunner(gen, draft_max=k, draft_policy="fixed", **common),
+                                      baseline="ppow plain", drafter=name, policy="fixed", k=k))
+        if args.auto:
+            gen = Generator(target, path, **gkw)
+            closers.append(gen.close)
+            gen.cost_profile(args.auto_max)  # calibrate now rather than inside the first timed run
+            systems.append(System(f"ppow {name} auto", "ppow",
+                                  PpowRunner(gen, draft_max=args.auto_max, draft_policy="auto", **common),
+                                  baseline="ppow plain", drafter=name, policy="auto",
+                                  notes=[f"its own Generator (draft_max {args.auto_max}), calibrated before the "
+                                         f"first prompt; its cost model learns across prompts"]))
+    return systems
+
+
+def llamacpp_systems(args, target, n_ctx, skipped):
+    from ppow.bench.peer_llamacpp import GGUFDraftModel, LlamaCppRunner, load_llama
+    from ppow.bench.runners import System
+
+    kind = "llama-cpp-python"
+    note = ("same llama.cpp settings as ppow: swa_full, flash attention on, "
+            + ("weight repacking on (--peer-repack)" if args.peer_repack else "no weight repacking"))
+    plain = load_llama(target, n_ctx, args.threads, repack=args.peer_repack)
+    systems = [System(f"{kind} plain", kind, LlamaCppRunner(plain, args.n_predict, args.temp, args.seed),
+                      notes=[f"Llama.generate without a draft model; {note}"])]
+    if not args.drafter or not args.k:
+        return systems
+    spec = None
+    for name, path in args.drafter:
+        try:
+            draft = GGUFDraftModel(path, n_ctx, args.threads, plain.n_vocab(), repack=args.peer_repack)
+        except Exception as e:  # e.g. a drafter llama-cpp-python cannot load
+            for k in args.k:
+                skipped.append({"system": f"{kind} {name} k={k}", "reason": f"cannot load the drafter: {e}"})
+            continue
+        if spec is None:  # one target with all logits on, shared by every drafter and k
+            spec = load_llama(target, n_ctx, args.threads, draft_model=draft, repack=args.peer_repack)
+        notes = ["Llama(draft_model=...) drafting greedily with the drafter GGUF in a second Llama"]
+        if draft.d2t is not None:
+            notes.append("reduced draft vocabulary mapped through ppow.draft_vocab.d2t")
+        for k in args.k:
+            systems.append(System(f"{kind} {name} k={k}", kind,
+                                  LlamaCppRunner(spec, args.n_predict, args.temp, args.seed, draft=draft, k=k),
+                                  baseline=f"{kind} plain", drafter=name, policy="fixed", k=k, notes=notes))
+    if args.auto:
+        skipped.append({"system": f"{kind} auto", "reason": "llama-cpp-python has no adaptive window policy"})
+    return systems
+
+
+def hf_systems(args, target, skipped):
+    from ppow.bench import peer_hf
+    from ppow.bench.runners import System
+
+    ckpts = dict(args.drafter_hf)
+    for name, _ in args.drafter:
+        if name not in ckpts:
+            skipped.append({"system": f"hf {name}", "reason": "no HF checkpoint given (--drafter-hf NAME=DIR)"})
+    if not ckpts:
+        return []
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        model = peer_hf.load_target(args.hf_target or target)
+    except Exception as e:
+        skipped.append({"system": "hf (all)", "reason": f"transformers cannot load the target: {e}"})
+        return []
+    lim = args.hf_limit
+    timing = "whole generate() call, prompt processing included"
+    mk = lambda assistant, k: peer_hf.HFRunner(model, args.n_predict, args.temp, args.seed, assistant, k)
+    assisted = []
+    for name, path in ckpts.items():
+        try:
+            draft = peer_hf.load_drafter(path, model)
+        except Exception as e:
+            skipped.append({"system": f"hf {name}", "reason": str(e)})
+            continue
+        for k in args.k:
+            assisted.append(System(f"hf {name} k={k}", "hf", mk(draft, k), baseline="hf plain", drafter=name,
+                                   policy="fixed", k=k, max_prompts=lim, timing=timing,
+                                   notes=[f"num_assistant_tokens={k}, constant schedule, no confidence cut"]))
+        if args.auto:
+            assisted.append(System(f"hf {name} default", "hf", mk(draft, None), baseline="hf plain", drafter=name,
+                                   policy="hf-default", max_prompts=lim, timing=timing,
+                                   notes=["transformers' default schedule: 20 candidates cut by an adaptive "
+                                          "confidence threshold"]))
+    if not assisted:
+        return []
+    plain = System("hf plain", "hf", mk(None, None), max_prompts=lim, timing=timing,
+                   notes=[f"target dequantised by transformers; first {lim} prompts only"])
+    return [plain] + assisted
+
+
+# -- main loop -------------------------------------------------------------------------------------
+def run_all(systems, prompts, ids, repeats, seed, progress=True):
+    from tqdm import tqdm
+
+    rng = random.Random(seed)
+    per = [[s for s in systems if s.max_prompts is None or i < s.max_prompts] for i in range(len(prompts))]
+    runs = []
+    with tqdm(total=repeats * sum(map(len, per)), desc="ppow-bench", unit="run", disable=not progress,
+              file=sys.stderr) as bar:
+        for rep in range(repeats):
+            for i, p in enumerate(prompts):
+                order = list(per[i])
+                rng.shuffle(order)  # so machine drift within a prompt favours no system
+                for pos, s in enumerate(order):
+                    bar.set_postfix_str(f"{p.category}: {s.name}", refresh=False)
+                    s.runner.prime(ids[i])
+                    m = s.runner.run(ids[i])
+                    runs.append({"system": s.name, "qid": p.qid, "category": p.category, "repeat": rep, "order": pos,
+                                 "tokens": m.tokens, "n_generated": m.n_generated, "t_ms": m.t_ms,
+                                 "tokens_per_second": m.tokens_per_second, "tau": m.tau, "n_steps": m.n_steps,
+                                 "n_drafted": m.n_drafted, "n_accepted": m.n_accepted, "drafted_at": m.drafted_at,
+                                 "accepted_at": m.accepted_at, "stop_reason": m.stop_reason})
+                    bar.update()
+    return runs
+
+
+def warm_up(systems, ids):
+    """One untimed run of every system on a short prefix of the first prompt: first calls build
+    compute graphs and fault in weights."""
+    for s in systems:
+        s.runner.prime(ids)
+        s.runner.run(ids)
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    check_args(ap, args)
+
+    import ppow
+    from ppow import Generator, PpowError
+    from ppow.bench.analysis import add_speedups, check_outputs, summarize_all
+    from ppow.bench.plots import write_plots
+    from ppow.bench.prompts import load_prompts
+    from ppow.bench.report import overall_table, write_report
+
+    closers = []
+    try:
+        prompts = load_prompts(args.prompts, args.template, args.limit, args.per_category)
+        target = args.target or ppow.default_target()
+        with Generator(target, n_ctx=64) as tok:  # tokenize once: every system gets the same ids
+            ids = [tok.tokenize(p.text, add_special=True) for p in prompts]
+        window = max(args.k + ([args.auto_max] if args.auto else []) + [1])
+        n_ctx = args.ctx or (max(map(len, ids)) + args.n_predict + window + 64)
+        if args.ctx and max(map(len, ids)) + args.n_predict + window > args.ctx:
+            raise ValueError(f"--ctx {args.ctx} is too small for the longest prompt ({max(map(len, ids))} tokens) "
+                             f"plus {args.n_predict} tokens and a window of {window}")
+
+        skipped = []
+        systems = ppow_systems(args, target, n_ctx, closers)
+        if "llama-cpp-python" in args.peers:
+            systems += llamacpp_systems(args, target, n_ctx, skipped)
+        if "hf" in args.peers:
+            systems += hf_systems(args, target, skipped)
+
+        print(f"ppow-bench: {len(prompts)} prompts, {len(systems)} systems, n={args.n_predict}", file=sys.stderr)
+        warm_up(systems, ids[0][: max(8, min(len(ids[0]), 64))])
+        runs = run_all(systems, prompts, ids, args.repeats, args.seed)
+    except (PpowError, ValueError, OSError) as e:
+        print(f"ppow-bench: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        for close in closers:
+            close()
+
+    descr = [s.describe() for s in systems]
+    greedy = args.temp == 0
+    # Every engine is checked against its own plain output. ppow and llama-cpp-python run the same
+    # batch-invariant kernels, so any difference there is a failure; transformers verifies drafts in
+    # float32 batches that need not reproduce single-token logits bit for bit, so its differences
+    # are reported but do not fail the run.
+    checked = check_outputs(runs, descr) if greedy else []
+    family = {s["name"]: s["family"] for s in descr}
+    baseline_of = {s["name"]: s["baseline"] for s in descr}
+    mismatches = [m for m in checked if family[m["system"]] != "hf"]
+    hf_mismatches = [m for m in checked if family[m["system"]] == "hf"]
+    add_speedups(runs, descr)
+    report = {
+        "machine": machine_info(),
+        "settings": {"prompts": os.path.abspath(args.prompts), "target": target, "drafters": dict(args.drafter),
+                     "drafters_hf": dict(args.drafter_hf), "n_prompts": len(prompts),
+                     "categories": sorted({p.category for p in prompts}), "template": args.template,
+                     "n_predict": args.n_predict, "temp": args.temp, "greedy": greedy, "seed": args.seed,
+                     "k": args.k, "auto": args.auto, "auto_max": args.auto_max, "repeats": args.repeats,
+                     "threads": args.threads, "n_ctx": n_ctx, "peers": args.peers, "peer_repack": args.peer_repack,
+                     "hf_limit": args.hf_limit, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                     "argv": sys.argv[1:] if argv is None else list(argv)},
+        "systems": descr,
+        "skipped": skipped,
+        "results": summarize_all(runs, descr),
+        "n_checked": sum(1 for r in runs if greedy and baseline_of[r["system"]] and family[r["system"]] != "hf"),
+        "mismatches": mismatches,
+        "hf_mismatches": hf_mismatches,
+        "ok": not mismatches,
+        "runs": [{k: v for k, v in r.items() if k != "tokens"} for r in runs],
+    }
+    os.makedirs(args.outdir, exist_ok=True)
+    report["plots"] = write_plots(args.outdir, report)
+    jpath, mpath = write_report(args.outdir, report)
+    print("\n".join(overall_table(report)))
+    print(f"ppow-bench: wrote {mpath}, {jpath} and {len(report['plots'])} plots", file=sys.stderr)
+    if mismatches:
+        print(f"ppow-bench: FAILED: {len(mismatches)} speculative run(s) differ from plain output (see {mpath})",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
