@@ -11,7 +11,8 @@ from ppow.bench.prompts import load_prompts
 PROMPTS = [
     {"question_id": 1, "category": "writing", "turns": ["The quick brown fox", "second turn is ignored"]},
     {"question_id": 2, "category": "writing", "turns": ["Once upon a time there was a little robot"]},
-    {"question_id": 3, "category": "coding", "turns": ["def add(a, b):"]},
+    # Long enough (> 512 tokens, llama-cpp-python's batch) to need a context beyond one batch.
+    {"question_id": 3, "category": "coding", "turns": ["def add(a, b):\n    return a + b\nprint(add(2, 3))\n" * 40]},
 ]
 PNGS = ("speedup_by_category.png", "tau_by_k.png", "acceptance_by_position.png")
 
@@ -24,7 +25,9 @@ def prompt_file(tmp_path):
 
 
 def run_cli(args):
-    rc = cli.main([str(a) for a in args])
+    # One thread: on a machine shared with other jobs, several threads spinning on busy cores make
+    # every run many times slower; speed is not under test here.
+    rc = cli.main([str(a) for a in args] + ["--threads", "1"])
     outdir = args[args.index("-o") + 1]
     with open(f"{outdir}/report.json", encoding="utf-8") as f:
         return rc, json.load(f)
@@ -89,6 +92,47 @@ def test_cli_hf_peer(tmp_path, prompt_file, tiny_target_gguf, tiny_drafter_gguf,
     assert "prompt processing included" in next(s["timing"] for s in rep["systems"] if s["name"] == "hf plain")
 
 
+def make_reduced_drafter(src, dst, d2t, unk=0):
+    """Drafter checkpoint whose vocabulary is the target tokens d2t (rows sliced from src)."""
+    import shutil
+
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["vocab_size"] = len(d2t)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    t = load_file(str(dst / "model.safetensors"))
+    for k in ("model.embed_tokens.weight", "lm_head.weight"):
+        t[k] = np.ascontiguousarray(t[k][d2t])
+    save_file(t, str(dst / "model.safetensors"))
+    save_file({"d2t": np.asarray(d2t, dtype=np.int64), "unk_draft_id": np.array([unk], dtype=np.int64)},
+              str(dst / "draft_vocab.safetensors"))
+
+
+def test_cli_reduced_vocab_drafter(tmp_path, prompt_file, tiny_target_gguf, tiny_drafter_hf_dir):
+    import numpy as np
+    from ppow_convert import convert_drafter
+
+    make_reduced_drafter(tiny_drafter_hf_dir, tmp_path / "small", np.arange(3, 512, 2), unk=4)
+    small = convert_drafter(str(tmp_path / "small"), tiny_target_gguf, str(tmp_path / "small.gguf"), "f32")
+    out = tmp_path / "out"
+    rc, rep = run_cli(["--prompts", prompt_file, "--target", tiny_target_gguf, "--drafter", f"small={small}",
+                       "--drafter-hf", f"small={tmp_path / 'small'}", "-n", 8, "--k", "3", "--no-auto",
+                       "--template", "raw", "--peers", "llama-cpp-python,hf", "-o", out])
+    assert rc == 0 and rep["mismatches"] == [] and rep["n_checked"] == 3 * 2
+    lcp = next(s for s in rep["systems"] if s["name"] == "llama-cpp-python small k=3")
+    assert any("d2t" in n for n in lcp["notes"])
+    # Both engines map drafts through d2t; with the same drafter and window they see the same τ
+    # (llama-cpp-python spends one extra undrafted step at the start).
+    acc = lambda name: rep["results"][name]["overall"]["acceptance_by_position"]["accepted"]
+    assert sum(acc("ppow small k=3")) > 0 and sum(acc("llama-cpp-python small k=3")) > 0
+    reasons = {s["system"]: s["reason"] for s in rep["skipped"]}
+    assert "reduced draft vocabulary" in reasons["hf small"]
+    assert not any(s["family"] == "hf" for s in rep["systems"])  # no assisted system: no HF plain either
+
+
 def test_cli_reports_a_broken_speculative_output(tmp_path, prompt_file, tiny_target_gguf, tiny_drafter_gguf,
                                                  monkeypatch):
     from ppow.bench.runners import PpowRunner
@@ -137,6 +181,7 @@ def test_load_prompts(prompt_file, tmp_path):
     assert [p.category for p in ps] == ["writing", "writing", "coding"]
     assert ps[0].text == "Question: The quick brown fox\nAnswer:" and ps[0].qid == "1"
     assert [p.qid for p in load_prompts(prompt_file, "raw", per_category=1)] == ["1", "3"]
+    assert load_prompts(prompt_file, "raw")[2].text.startswith("def add(a, b):\n")
     assert load_prompts(prompt_file, "raw", limit=1)[0].text == "The quick brown fox"
     with pytest.raises(ValueError, match="unknown template"):
         load_prompts(prompt_file, "chat")

@@ -5,7 +5,8 @@ ppow plain (a Generator with only the target loaded), each drafter at each fixed
 with the auto policy, and the peers: llama-cpp-python's own speculative path with the same
 drafter GGUF (plus its plain decoding) and Hugging Face assisted generation (plus HF plain).
 Every greedy speculative output is checked token for token against its own engine's plain
-output; any difference is a failure (exit status 1, after the report is written).
+output; a difference in ppow or llama-cpp-python output is a failure (exit status 1, after the
+report is written); HF differences are reported only.
 
 Writes OUTDIR/report.json, OUTDIR/report.md and PNG plots.
 """
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="prompt template: qa = 'Question: {q}\\nAnswer:' (default), raw = the first turn as is")
     ap.add_argument("--temp", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed and system-order shuffle seed")
-    ap.add_argument("--k", type=int_list, default=[2, 4, 8], help="fixed draft windows (default 2,4,8)")
+    ap.add_argument("--k", type=int_list, default=[2, 4, 8], metavar="K[,K...]", help="fixed draft windows (default 2,4,8)")
     ap.add_argument("--auto", action=argparse.BooleanOptionalAction, default=True,
                     help="also run the auto window policy (default on)")
     ap.add_argument("--auto-max", type=int, default=8, help="draft_max for the auto policy (default 8)")
@@ -147,7 +148,7 @@ def ppow_systems(args, target, n_ctx, closers):
     return systems
 
 
-def llamacpp_systems(args, target, n_ctx, skipped):
+def llamacpp_systems(args, target, n_ctx, skipped, closers):
     from ppow.bench.peer_llamacpp import GGUFDraftModel, LlamaCppRunner, load_llama
     from ppow.bench.runners import System
 
@@ -155,6 +156,7 @@ def llamacpp_systems(args, target, n_ctx, skipped):
     note = ("same llama.cpp settings as ppow: swa_full, flash attention on, "
             + ("weight repacking on (--peer-repack)" if args.peer_repack else "no weight repacking"))
     plain = load_llama(target, n_ctx, args.threads, repack=args.peer_repack)
+    closers.append(plain.close)
     systems = [System(f"{kind} plain", kind, LlamaCppRunner(plain, args.n_predict, args.temp, args.seed),
                       notes=[f"Llama.generate without a draft model; {note}"])]
     if not args.drafter or not args.k:
@@ -167,8 +169,10 @@ def llamacpp_systems(args, target, n_ctx, skipped):
             for k in args.k:
                 skipped.append({"system": f"{kind} {name} k={k}", "reason": f"cannot load the drafter: {e}"})
             continue
+        closers.append(draft.llm.close)
         if spec is None:  # one target with all logits on, shared by every drafter and k
             spec = load_llama(target, n_ctx, args.threads, draft_model=draft, repack=args.peer_repack)
+            closers.append(spec.close)
         notes = ["Llama(draft_model=...) drafting greedily with the drafter GGUF in a second Llama"]
         if draft.d2t is not None:
             notes.append("reduced draft vocabulary mapped through ppow.draft_vocab.d2t")
@@ -191,10 +195,9 @@ def hf_systems(args, target, skipped):
             skipped.append({"system": f"hf {name}", "reason": "no HF checkpoint given (--drafter-hf NAME=DIR)"})
     if not ckpts:
         return []
-    if args.threads:
-        import torch
+    import torch
 
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)  # 0: all hardware threads, as ppow
     try:
         model = peer_hf.load_target(args.hf_target or target)
     except Exception as e:
@@ -227,14 +230,13 @@ def hf_systems(args, target, skipped):
 
 
 # -- main loop -------------------------------------------------------------------------------------
-def run_all(systems, prompts, ids, repeats, seed, progress=True):
+def run_all(systems, prompts, ids, repeats, seed):
     from tqdm import tqdm
 
     rng = random.Random(seed)
     per = [[s for s in systems if s.max_prompts is None or i < s.max_prompts] for i in range(len(prompts))]
     runs = []
-    with tqdm(total=repeats * sum(map(len, per)), desc="ppow-bench", unit="run", disable=not progress,
-              file=sys.stderr) as bar:
+    with tqdm(total=repeats * sum(map(len, per)), desc="ppow-bench", unit="run", file=sys.stderr) as bar:
         for rep in range(repeats):
             for i, p in enumerate(prompts):
                 order = list(per[i])
@@ -253,8 +255,8 @@ def run_all(systems, prompts, ids, repeats, seed, progress=True):
 
 
 def warm_up(systems, ids):
-    """One untimed run of every system on a short prefix of the first prompt: first calls build
-    compute graphs and fault in weights."""
+    """One untimed run of every system on (a prefix of) the first prompt: first calls build compute
+    graphs and fault in weights."""
     for s in systems:
         s.runner.prime(ids)
         s.runner.run(ids)
@@ -272,31 +274,32 @@ def main(argv=None) -> int:
     from ppow.bench.prompts import load_prompts
     from ppow.bench.report import overall_table, write_report
 
-    closers = []
-    try:
+    try:  # mistakes in the inputs: a message, not a traceback
         prompts = load_prompts(args.prompts, args.template, args.limit, args.per_category)
         target = args.target or ppow.default_target()
         with Generator(target, n_ctx=64) as tok:  # tokenize once: every system gets the same ids
             ids = [tok.tokenize(p.text, add_special=True) for p in prompts]
-        window = max(args.k + ([args.auto_max] if args.auto else []) + [1])
-        n_ctx = args.ctx or (max(map(len, ids)) + args.n_predict + window + 64)
-        if args.ctx and max(map(len, ids)) + args.n_predict + window > args.ctx:
-            raise ValueError(f"--ctx {args.ctx} is too small for the longest prompt ({max(map(len, ids))} tokens) "
-                             f"plus {args.n_predict} tokens and a window of {window}")
-
-        skipped = []
-        systems = ppow_systems(args, target, n_ctx, closers)
-        if "llama-cpp-python" in args.peers:
-            systems += llamacpp_systems(args, target, n_ctx, skipped)
-        if "hf" in args.peers:
-            systems += hf_systems(args, target, skipped)
-
-        print(f"ppow-bench: {len(prompts)} prompts, {len(systems)} systems, n={args.n_predict}", file=sys.stderr)
-        warm_up(systems, ids[0][: max(8, min(len(ids[0]), 64))])
-        runs = run_all(systems, prompts, ids, args.repeats, args.seed)
     except (PpowError, ValueError, OSError) as e:
         print(f"ppow-bench: error: {e}", file=sys.stderr)
         return 2
+    window = max(args.k + ([args.auto_max] if args.auto else []) + [1])
+    longest = max(map(len, ids))
+    n_ctx = args.ctx or (longest + args.n_predict + window + 64)
+    if longest + args.n_predict + window > n_ctx:
+        print(f"ppow-bench: error: --ctx {n_ctx} is too small for the longest prompt ({longest} tokens) plus "
+              f"{args.n_predict} tokens and a window of {window}", file=sys.stderr)
+        return 2
+
+    closers, skipped = [], []
+    try:
+        systems = ppow_systems(args, target, n_ctx, closers)
+        if "llama-cpp-python" in args.peers:
+            systems += llamacpp_systems(args, target, n_ctx, skipped, closers)
+        if "hf" in args.peers:
+            systems += hf_systems(args, target, skipped)
+        print(f"ppow-bench: {len(prompts)} prompts, {len(systems)} systems, n={args.n_predict}", file=sys.stderr)
+        warm_up(systems, ids[0][:64])
+        runs = run_all(systems, prompts, ids, args.repeats, args.seed)
     finally:
         for close in closers:
             close()

@@ -9,14 +9,16 @@ with a second `Llama` holding the drafter, reusing its KV cache across calls.
 Models are loaded with llama-cpp-python's defaults except for settings that make it run the same
 llama.cpp kernels as ppow: swa_full=True (so rejected positions can be removed from Gemma 3's
 sliding-window cache), flash attention on (llama-cpp-python turns it off; ppow leaves llama.cpp's
-"auto", which enables it on CPU) and, unless repack=True, no CPU weight repacking. Repacked weights switch matmul kernels with the
-batch size, so a verify batch does not reproduce single-token logits and greedy speculative
-output drifts from plain output (and even plain output depends on how the prompt was split
-into batches); with the same weight layout both engines run the same kernels.
+"auto", which enables it on CPU), the same thread count and, unless repack=True, no CPU weight
+repacking. Repacked weights switch matmul kernels with the batch size, so a verify batch does not
+reproduce single-token logits and greedy speculative output drifts from plain output (and even
+plain output depends on how the prompt was split into batches); with the same weight layout
+both engines run the same kernels.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 
 import numpy as np
@@ -62,10 +64,14 @@ def _model_params(repack: bool):
 def load_llama(path, n_ctx, n_threads, draft_model=None, repack=False):
     import llama_cpp
 
+    # 0 means all hardware threads, as in ppow (Llama's own default for generation is half of them).
+    n_threads = n_threads or os.cpu_count() or 1
     with _model_params(repack):
+        # logits_all must be passed explicitly with a draft model: Llama turns it on by itself but
+        # sizes its logits store from the argument, n_batch rows, and fails past position n_batch.
         return llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_batch=512, n_ubatch=512, n_threads=n_threads,
                                n_threads_batch=n_threads, swa_full=True, flash_attn=True, draft_model=draft_model,
-                               verbose=False)
+                               logits_all=draft_model is not None, verbose=False)
 
 
 def common_prefix(a, b) -> int:
@@ -185,8 +191,8 @@ class LlamaCppRunner:
             out.append(int(t))
             if len(out) >= self.n_predict:
                 break
-        gen.close()
         t_ms = 1000.0 * (time.perf_counter() - t0)
+        gen.close()
         m = Measure(tokens=out, t_ms=t_ms, stop_reason="eos" if eog else "length")
         if self.draft is None:
             m.n_steps, m.n_accepted = len(out) + len(eog), 0

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+from matplotlib.ticker import MaxNLocator
+
 
 def _plt():
     import matplotlib
@@ -17,7 +19,7 @@ def speedup_by_category(report, path):
     plt = _plt()
     systems = [s for s in report["systems"] if s["baseline"] is not None]
     cats = sorted({c for s in systems for c in report["results"][s["name"]]["by_category"]}) + ["all"]
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(cats) * max(1, len(systems)) ** 0.5 + 3), 4.5))
+    fig, ax = plt.subplots(figsize=(min(14, 4 + 0.1 * len(cats) * max(1, len(systems))), 4.5))
     width = 0.8 / max(1, len(systems))
     for j, s in enumerate(systems):
         res = report["results"][s["name"]]
@@ -35,9 +37,9 @@ def speedup_by_category(report, path):
     ax.set_xticklabels(cats, rotation=30, ha="right")
     ax.set_ylabel("speedup vs own plain (median, IQR)")
     ax.set_title("Speedup by category")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    if systems:  # below the axes: bars fill the plot area
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=min(3, len(systems)))
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -59,6 +61,7 @@ def tau_by_k(report, path):
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key)
     ax.set_xlabel("draft window k")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("τ (tokens per target step, pooled)")
     ax.set_title("τ by window")
     if lines:
@@ -77,6 +80,7 @@ def acceptance_by_position(report, path):
         if s["baseline"] is not None and pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=s["name"])
     ax.set_xlabel("draft position")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("accepted / drafted (pooled)")
     ax.set_ylim(0, 1.05)
     ax.set_title("Acceptance by draft position")
