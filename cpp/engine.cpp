@@ -176,6 +176,8 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
         const int keep = target_.common_prefix(prompt, 1);
         target_.truncate(keep);
         target_.decode(prompt.data() + keep, (int) prompt.size() - 1 - keep, 0);
+        // The auto policy's one-off cost calibration belongs to set-up, not to generation speed.
+        if (speculate && gp.policy == DraftPolicy::Auto && !costs_.has_verify_costs()) calibrate(gp.draft_max);
         st.n_prompt = (int) prompt.size();
         st.n_prompt_reused = keep;
         st.t_prompt_ms = now_ms() - t0;

@@ -31,7 +31,7 @@ struct GenParams {
 
 struct Stats {
     int n_prompt = 0, n_prompt_reused = 0;
-    double t_prompt_ms = 0.0;
+    double t_prompt_ms = 0.0;     // prompt processing (and the auto policy's first calibration)
     int n_generated = 0, n_steps = 0, n_drafted = 0, n_accepted = 0;
     int n_plain_steps = 0, n_probe_steps = 0;
     std::vector<int> drafted_at, accepted_at;  // per window position

@@ -33,7 +33,7 @@ def work(tmp_path_factory):
     d = tmp_path_factory.mktemp("train")
     train = F.make_cache(d / "train", 200, seed=1)
     heldout = F.make_cache(d / "heldout", 60, seed=2)
-    cli.main(["kd", "--cache", str(d / "train"), "-o", str(d / "kd"), *KD_ARGS, "--steps", "500", "--warmup", "20",
+    cli.run(["kd", "--cache", str(d / "train"), "-o", str(d / "kd"), *KD_ARGS, "--steps", "500", "--warmup", "20",
               *COMMON])
     return dict(dir=d, train=train, heldout=heldout, kd=str(d / "kd" / "final"))
 
@@ -198,7 +198,7 @@ def test_cache_records_target_and_refuses_another(tmp_path, work):
     build_cache(other, str(tmp_path / "c2"), F.make_prompts(4, 9), max_new=8, prompt_tail=0, topk=4,
                 progress=False)
     with pytest.raises(ValueError, match="another target"):
-        cli.main(["ppow", "--cache", str(tmp_path / "c2"), "--init", work["kd"], "-o", str(tmp_path / "p"),
+        cli.run(["ppow", "--cache", str(tmp_path / "c2"), "--init", work["kd"], "-o", str(tmp_path / "p"),
                   "--steps", "1", *COMMON])
 
 
@@ -263,7 +263,7 @@ def test_exact_target_rollouts_match_cached_and_sampled_verification_runs(work):
 
 def test_draft_vocab_mapping_and_kd(tmp_path, work):
     out = tmp_path / "kdv"
-    cli.main(["kd", "--cache", str(work["dir"] / "train"), "-o", str(out), *KD_ARGS, "--steps", "30", "--warmup", "5",
+    cli.run(["kd", "--cache", str(work["dir"] / "train"), "-o", str(out), *KD_ARGS, "--steps", "30", "--warmup", "5",
               "--draft-vocab", "20", *COMMON])
     m, v, info = C.load_drafter(str(out / "final"))
     assert v.size == 20 and m.cfg["vocab_size"] == 20
@@ -408,9 +408,9 @@ def test_ppow_beats_continued_kd_on_planted_hard_positions(work):
     the update toward Y_m - measured: the default keep 0.25 ends at the KD drafter's tau."""
     d = work["dir"]
     steps = "60"
-    cli.main(["kd", "--cache", str(d / "train"), "-o", str(d / "kd_more"), "--init", work["kd"], "--steps", steps,
+    cli.run(["kd", "--cache", str(d / "train"), "-o", str(d / "kd_more"), "--init", work["kd"], "--steps", steps,
               "--batch-size", "128", "--lr", "1e-2", "--warmup", "5", *COMMON])
-    cli.main(["ppow", "--cache", str(d / "train"), "-o", str(d / "ppow"), "--init", work["kd"], "--steps", steps,
+    cli.run(["ppow", "--cache", str(d / "train"), "-o", str(d / "ppow"), "--init", work["kd"], "--steps", steps,
               "--window-keep", "1.0", *PPOW_ARGS, *COMMON])
     t_kd = tau(work["kd"], work["heldout"])
     t_more = tau(str(d / "kd_more" / "final"), work["heldout"])
@@ -430,10 +430,10 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, work, stage):
         base = ["kd", "--cache", str(d / "train"), *KD_ARGS, "--steps", "10", "--warmup", "3", *COMMON]
     else:
         base = ["ppow", "--cache", str(d / "train"), "--init", work["kd"], *PPOW_ARGS, "--steps", "6", *COMMON]
-    cli.main(base + ["-o", str(tmp_path / "full")])
-    cli.main(base + ["-o", str(tmp_path / "cut"), "--stop-after", "4", "--save-every", "2"])  # "killed" after 4
+    cli.run(base + ["-o", str(tmp_path / "full")])
+    cli.run(base + ["-o", str(tmp_path / "cut"), "--stop-after", "4", "--save-every", "2"])  # "killed" after 4
     assert not os.path.exists(tmp_path / "cut" / "final")
-    cli.main(base + ["-o", str(tmp_path / "cut"), "--resume"])
+    cli.run(base + ["-o", str(tmp_path / "cut"), "--resume"])
     a, _, ia = C.load_drafter(str(tmp_path / "full" / "final"))
     b, _, ib = C.load_drafter(str(tmp_path / "cut" / "final"))
     for (n, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
@@ -459,7 +459,7 @@ def test_nan_guard_stops_with_clear_error(tmp_path, work):
 
 def test_eval_cli_reports_tau_per_k_category_and_position(tmp_path, work):
     out = tmp_path / "eval.json"
-    cli.main(["eval", "--drafter", work["kd"], "--cache", str(work["dir"] / "heldout"), "--k", "2,8",
+    cli.run(["eval", "--drafter", work["kd"], "--cache", str(work["dir"] / "heldout"), "--k", "2,8",
               "-o", str(out), "--quiet"])
     res = json.load(open(out))["results"]
     assert set(res) == {"2", "8"}
@@ -469,3 +469,11 @@ def test_eval_cli_reports_tau_per_k_category_and_position(tmp_path, work):
     assert 1.0 <= res["2"]["tau"] <= 3.0 and r8["tau"] == pytest.approx(tau(work["kd"], work["heldout"]))
     # KD drafts Y_m at markers (see train_fixtures): mode B sequences go through, mode A ones stop
     assert r8["tau_by_category"]["modeB"] > r8["tau_by_category"]["modeA"] + 1.0
+
+
+def test_console_exit_status(tmp_path, capsys):
+    # The console script exits 0 on success (checked in the end-to-end tests through run()) and
+    # 2 with a one-line error on bad input instead of a traceback.
+    rc = cli.main(["kd", "--cache", str(tmp_path / "missing"), "-o", str(tmp_path / "out"), "--steps", "1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("ppow-train: error: ") and "\n" not in err, err

@@ -11,7 +11,7 @@ import json
 import sys
 import threading
 
-DEFAULT_PROMPT = "The three most useful things to know about speculative decoding are"
+DEFAULT_PROMPT = "Question: What are three simple ways to save energy at home?\nAnswer:"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -304,7 +304,8 @@ def cmd_eval(args):
     return res
 
 
-def main(argv=None):
+def run(argv=None):
+    """Parse and run one stage; errors propagate (tests and library callers use this)."""
     args = build_parser().parse_args(argv)
     _fill_defaults(args)
     if args.cmd == "data":
@@ -327,5 +328,20 @@ def main(argv=None):
         dist_cleanup(world)
 
 
+def main(argv=None):
+    """Console entry point: exit status 0 on success, 2 with a one-line error on bad input."""
+    from .common import NonFiniteError
+
+    try:
+        run(argv)
+    except (ValueError, FileNotFoundError, NotADirectoryError, NonFiniteError) as e:
+        print(f"ppow-train: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ppow-train: interrupted (resume with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
