@@ -53,7 +53,7 @@ def peer_list(text: str) -> list:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ppow.bench.prompts import TEMPLATES
+    from ppow.templates import TEMPLATES
 
     ap = argparse.ArgumentParser(prog="ppow-bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

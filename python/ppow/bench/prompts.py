@@ -9,10 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-TEMPLATES = {
-    "raw": "{q}",
-    "qa": "Question: {q}\nAnswer:",
-}
+from ppow.templates import TEMPLATES, apply_template  # shared with the trainer's data and eval stages
 
 
 @dataclass
@@ -45,7 +42,7 @@ def load_prompts(path, template: str = "qa", limit: int | None = None, per_categ
             if per_category is not None and seen.get(cat, 0) >= per_category:
                 continue
             seen[cat] = seen.get(cat, 0) + 1
-            out.append(Prompt(qid=qid, category=cat, text=TEMPLATES[template].format(q=q)))
+            out.append(Prompt(qid=qid, category=cat, text=apply_template(template, q)))
     if limit is not None:
         out = out[:limit]
     if not out:

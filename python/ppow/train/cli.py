@@ -16,6 +16,8 @@ import time
 
 import torch
 
+from ppow.templates import TEMPLATES
+
 
 def _target_path(p):
     if p in (None, "", "gemma3-270m"):
@@ -54,7 +56,7 @@ def build_parser():
     d.add_argument("--backend", choices=["auto", "llama", "torch"], default="auto")
     d.add_argument("--prompts", default=None, help="jsonl (text|turns) or plain text, one prompt per line")
     d.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0 = all cores; 1 on a busy machine)")
-    d.add_argument("--template", choices=["raw", "qa"], default="raw", help="prompt template (ppow.templates)")
+    d.add_argument("--template", choices=sorted(TEMPLATES), default="raw", help="prompt template (ppow.templates)")
     d.add_argument("--limit", type=int, default=None)
     d.add_argument("--offset", type=int, default=0)
     d.add_argument("--seed-prefixes", type=int, default=0, help="with no --prompts: number of seed-prefix sequences")
@@ -128,7 +130,7 @@ def build_parser():
     e.add_argument("--target", default=None)
     e.add_argument("--backend", choices=["auto", "llama", "torch"], default="auto")
     e.add_argument("--limit", type=int, default=None)
-    e.add_argument("--template", choices=["raw", "qa"], default="raw", help="prompt template (ppow.templates)")
+    e.add_argument("--template", choices=sorted(TEMPLATES), default="raw", help="prompt template (ppow.templates)")
     e.add_argument("--max-new", type=int, default=128)
     e.add_argument("--prompt-tail", type=int, default=0, help="0 = whole prompt (as much as fits n_ctx)")
     e.add_argument("--n-ctx", type=int, default=0)
