@@ -174,3 +174,20 @@ def test_near_context_limit(small_ctx):
             out = g.generate(prompt, n_predict=64, ignore_eos=True, draft_max=k)
             assert out.tokens == ref.tokens, (length, k, g is selfg)
             assert out.stats.stop_reason == "context"
+
+
+def test_deep_context_lossless(gemma_gguf):
+    # Past the 512-token sliding window and a few hundred tokens deep, where batch-dependent kernels
+    # would first show. Exact here with one thread (the fixture's); see README "Losslessness at
+    # depth" for what llama.cpp's multi-threaded CPU flash attention does at this depth.
+    body = " ".join(f"Item {i}: the {w} of the {v} is measured in units of {i * 7 % 13}." for i, (w, v) in enumerate(
+        [("length", "bridge"), ("weight", "stone"), ("speed", "river"), ("height", "tower"), ("depth", "lake")] * 9))
+    with ppow.Generator(gemma_gguf, gemma_gguf, n_ctx=1024, n_threads=1) as g:
+        for text in (f"Question: Summarize the list below.\n{body}\nAnswer:",
+                     f"Here is a log of measurements.\n{body}\nThe most common unit is"):
+            ids = g.tokenize(text)
+            assert len(ids) > 800
+            ref = g.generate(ids, n_predict=24, use_drafter=False, ignore_eos=True)
+            for k in (1, 3, 7):
+                out = g.generate(ids, n_predict=24, draft_max=k, ignore_eos=True)
+                assert out.tokens == ref.tokens, (len(ids), k)
