@@ -156,24 +156,9 @@ def test_drafter_copies_target_tokenizer(tiny_drafter_gguf, tiny_target_gguf, ti
     assert 0.5 < agree < 0.97, agree
 
 
-def make_reduced_drafter(src, dst, d2t, unk=0):
-    """Drafter checkpoint whose vocabulary is the target tokens d2t (rows sliced from src); target
-    tokens outside d2t are fed to it as draft id `unk`."""
-    shutil.copytree(src, dst)
-    cfg = json.loads((dst / "config.json").read_text())
-    cfg["vocab_size"] = len(d2t)
-    (dst / "config.json").write_text(json.dumps(cfg))
-    t = {k: np.array(v) for k, v in read_file(dst / "model.safetensors").items()}
-    for k in ("model.embed_tokens.weight", "lm_head.weight"):
-        t[k] = np.ascontiguousarray(t[k][d2t])
-    save_file(t, str(dst / "model.safetensors"))
-    save_file({"d2t": np.asarray(d2t, dtype=np.int64), "unk_draft_id": np.array([unk], dtype=np.int64)},
-              str(dst / "draft_vocab.safetensors"))
-
-
 def test_reduced_vocab_drafter(tiny_drafter_hf_dir, tiny_target_gguf, tmp_path):
     d2t = np.arange(3, 512, 2)  # 255 of the target's 512 tokens
-    make_reduced_drafter(tiny_drafter_hf_dir, tmp_path / "small", d2t, unk=4)
+    tinymodels.make_reduced_drafter(tiny_drafter_hf_dir, tmp_path / "small", d2t, unk=4)
     path = convert_drafter(str(tmp_path / "small"), tiny_target_gguf, str(tmp_path / "small.gguf"), "f32")
     r = gguf.GGUFReader(path)
     assert r.fields[KEY_D2T].contents() == d2t.tolist()
@@ -247,7 +232,7 @@ def test_error_vocab_size_mismatch(tiny_hf_dir, tiny_drafter_hf_dir, tmp_path, c
 
 
 def test_error_bad_d2t(tiny_drafter_hf_dir, tiny_target_gguf, tmp_path, capsys):
-    make_reduced_drafter(tiny_drafter_hf_dir, tmp_path / "small", np.arange(4))
+    tinymodels.make_reduced_drafter(tiny_drafter_hf_dir, tmp_path / "small", np.arange(4))
     save_file({"d2t": np.array([0, 1, 2, 999])}, str(tmp_path / "small" / "draft_vocab.safetensors"))
     assert_fails(capsys, tmp_path, "d2t has ids outside the target vocabulary [0, 512)",
                  "drafter", tmp_path / "small", "--tokenizer-from", tiny_target_gguf, "-o", tmp_path / "o.gguf")

@@ -126,7 +126,7 @@ def _reduced_drafter_gguf(tiny_drafter_hf_dir, tiny_target_gguf, tmp_path, d2t, 
     from pathlib import Path
 
     from ppow_convert import convert_drafter
-    from test_convert import make_reduced_drafter
+    from tinymodels import make_reduced_drafter
 
     make_reduced_drafter(Path(tiny_drafter_hf_dir), tmp_path / "reduced", d2t, unk=unk)
     return convert_drafter(str(tmp_path / "reduced"), tiny_target_gguf, str(tmp_path / "reduced.gguf"), "f32")

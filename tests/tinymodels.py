@@ -12,8 +12,11 @@ import io
 import json
 import os
 import random
+import shutil
 
+import numpy as np
 import torch
+from safetensors.numpy import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
@@ -166,3 +169,18 @@ def greedy(model, ids, n):
         out.append(nxt)
         x = torch.cat([x, torch.tensor([[nxt]])], dim=1)
     return out
+
+
+def make_reduced_drafter(src, dst, d2t, unk=0):
+    """Drafter checkpoint whose vocabulary is the target tokens d2t (rows sliced from src); target
+    tokens outside d2t are fed to it as draft id `unk`."""
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["vocab_size"] = len(d2t)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    t = {k: np.array(v) for k, v in load_file(str(dst / "model.safetensors")).items()}
+    for k in ("model.embed_tokens.weight", "lm_head.weight"):
+        t[k] = np.ascontiguousarray(t[k][d2t])
+    save_file(t, str(dst / "model.safetensors"))
+    save_file({"d2t": np.asarray(d2t, dtype=np.int64), "unk_draft_id": np.array([unk], dtype=np.int64)},
+              str(dst / "draft_vocab.safetensors"))

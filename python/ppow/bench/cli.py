@@ -138,13 +138,12 @@ def ppow_systems(args, target, n_ctx, closers):
                                       baseline="ppow plain", drafter=name, policy="fixed", k=k))
         if args.auto:
             gen = Generator(target, path, **gkw)
-            closers.append(gen.close)
-            gen.cost_profile(args.auto_max)  # calibrate now rather than inside the first timed run
+            closers.append(gen.close)  # the engine calibrates its costs on first use, outside timed runs
             systems.append(System(f"ppow {name} auto", "ppow",
                                   PpowRunner(gen, draft_max=args.auto_max, draft_policy="auto", **common),
                                   baseline="ppow plain", drafter=name, policy="auto",
-                                  notes=[f"its own Generator (draft_max {args.auto_max}), calibrated before the "
-                                         f"first prompt; its cost model learns across prompts"]))
+                                  notes=[f"its own Generator (draft_max {args.auto_max}), calibrated in the untimed "
+                                         f"warm-up; its cost model learns across prompts"]))
     return systems
 
 
@@ -307,7 +306,8 @@ def main(argv=None) -> int:
     descr = [s.describe() for s in systems]
     greedy = args.temp == 0
     # Every engine is checked against its own plain output. ppow and llama-cpp-python run the same
-    # batch-invariant kernels, so any difference there is a failure; transformers verifies drafts in
+    # kernels, chosen to be batch-invariant (see README "Losslessness at depth" for where llama.cpp's
+    # are not), so any difference there is a failure; transformers verifies drafts in
     # float32 batches that need not reproduce single-token logits bit for bit, so its differences
     # are reported but do not fail the run.
     checked = check_outputs(runs, descr) if greedy else []
