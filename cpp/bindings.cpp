@@ -3,6 +3,7 @@
 
 #include <ggml-backend.h>
 #include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
@@ -68,7 +69,8 @@ NB_MODULE(_core, m) {
         .def_rw("n_gpu_layers", &ModelParams::n_gpu_layers)
         .def_rw("n_ctx", &ModelParams::n_ctx)
         .def_rw("n_batch", &ModelParams::n_batch)
-        .def_rw("n_threads", &ModelParams::n_threads);
+        .def_rw("n_threads", &ModelParams::n_threads)
+        .def_rw("batch_invariant", &ModelParams::batch_invariant);
 
     nb::enum_<DraftPolicy>(m, "DraftPolicy").value("fixed", DraftPolicy::Fixed).value("auto", DraftPolicy::Auto);
 
@@ -111,6 +113,24 @@ NB_MODULE(_core, m) {
                 return d;
             },
             "prompt"_a, "params"_a, "on_text"_a = nb::none())
+        .def(
+            "score",
+            [](Engine & e, const std::vector<llama_token> & tokens, int n_last) {
+                auto * rows = new std::vector<float>();
+                {
+                    nb::gil_scoped_release nogil;
+                    try {
+                        *rows = e.score(tokens, n_last);
+                    } catch (...) {
+                        delete rows;
+                        throw;
+                    }
+                }
+                nb::capsule owner(rows, [](void * p) noexcept { delete static_cast<std::vector<float> *>(p); });
+                return nb::ndarray<nb::numpy, float, nb::ndim<2>>(rows->data(), {(size_t) n_last, (size_t) e.n_vocab()},
+                                                                  owner);
+            },
+            "tokens"_a, "n_last"_a = 1)
         .def("cancel", &Engine::cancel, "Stop the running generate() at its next step (thread-safe)")
         .def("tokenize", &Engine::tokenize, "text"_a, "add_special"_a = true, "parse_special"_a = false)
         .def("detokenize", [](Engine & e, const std::vector<llama_token> & t) {

@@ -10,6 +10,7 @@ Engine::Engine(const ModelParams & target, const std::optional<ModelParams> & dr
     if (drafter) {
         ModelParams dp = *drafter;
         dp.n_ctx = target_.n_ctx();  // the drafter follows the same history
+        dp.batch_invariant = false;  // its logits only shape proposals, never the output
         drafter_ = std::make_unique<ModelDrafter>(dp, target_.vocab());
         drafter_->model().set_abort_flag(&cancel_flag_);
     }
@@ -146,6 +147,27 @@ static void validate(const GenParams & gp) {
     if (!(gp.sampling.temp >= 0.0f) || std::isinf(gp.sampling.temp)) throw Error("temperature must be >= 0");
     if (gp.sampling.top_k < 0) throw Error("top_k must be >= 0");
     if (!(gp.sampling.top_p > 0.0f && gp.sampling.top_p <= 1.0f)) throw Error("top_p must be in (0, 1]");
+}
+
+std::vector<float> Engine::score(const std::vector<llama_token> & tokens, int n_last) {
+    if (tokens.empty()) throw Error("no tokens to score");
+    if (n_last < 1 || n_last > (int) tokens.size() || n_last > target_.n_batch())
+        throw Error("n_last must be in [1, min(len(tokens), n_batch)], got " + std::to_string(n_last));
+    if ((int) tokens.size() > target_.n_ctx())
+        throw Error("got " + std::to_string(tokens.size()) + " tokens but the context holds " + std::to_string(target_.n_ctx()));
+    for (llama_token t : tokens)
+        if (t < 0 || t >= target_.n_vocab()) throw Error("token id " + std::to_string(t) + " is outside the vocabulary");
+    cancel_flag_ = false;
+    const int keep = target_.common_prefix(tokens, n_last);
+    target_.truncate(keep);
+    // The prefix goes in first so the scored positions always share one batch of their own.
+    const int n_new = (int) tokens.size() - keep;
+    target_.decode(tokens.data() + keep, n_new - n_last, 0);
+    target_.decode(tokens.data() + tokens.size() - n_last, n_last, n_last);
+    const int nv = target_.n_vocab();
+    std::vector<float> out((size_t) n_last * nv);
+    for (int i = 0; i < n_last; ++i) std::copy_n(target_.logits(i), nv, out.data() + (size_t) i * nv);
+    return out;
 }
 
 Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams & gp, const TextCallback & on_text) {

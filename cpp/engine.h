@@ -58,6 +58,11 @@ public:
     Result generate(const std::vector<llama_token> & prompt, const GenParams & params, const TextCallback & on_text);
     void cancel() { cancel_flag_ = true; }
 
+    // Target logits for the last n_last of `tokens` (row-major n_last x n_vocab), decoded as ONE
+    // batch after the longest cached prefix: tokens in, logits out, for the trainer, the benchmark
+    // and the batch-invariance tests.
+    std::vector<float> score(const std::vector<llama_token> & tokens, int n_last);
+
     std::vector<llama_token> tokenize(const std::string & text, bool add_special, bool parse_special) const;
     std::string detokenize(const std::vector<llama_token> & tokens) const;
     std::string token_piece(llama_token t) const;

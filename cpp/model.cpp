@@ -93,7 +93,11 @@ LlamaModel::LlamaModel(const ModelParams & p) : path_(p.path) {
     cp.n_ctx = p.n_ctx;
     cp.n_batch = p.n_batch;
     cp.n_ubatch = p.n_batch;
-    cp.n_seq_max = 1;
+    // Sequence 1 only ever holds the padding row of a one-token decode, for the length of that
+    // decode; one unified cache keeps the whole n_ctx for sequence 0.
+    pad_single_ = p.batch_invariant && n_threads > 1 && mp.n_gpu_layers == 0;
+    cp.n_seq_max = pad_single_ ? 2 : 1;
+    cp.kv_unified = true;
     cp.n_threads = n_threads;
     cp.n_threads_batch = n_threads;
     cp.no_perf = true;
@@ -109,7 +113,7 @@ LlamaModel::LlamaModel(const ModelParams & p) : path_(p.path) {
     n_ctx_ = (int) llama_n_ctx(ctx_);
     if (p.n_ctx > 0) n_ctx_ = std::min(n_ctx_, p.n_ctx);
     n_batch_ = (int) llama_n_batch(ctx_);
-    batch_ = llama_batch_init(n_batch_, 0, 1);
+    batch_ = llama_batch_init(n_batch_ + 1, 0, 1);
 }
 
 LlamaModel::~LlamaModel() {
@@ -122,9 +126,19 @@ void LlamaModel::set_abort_flag(const volatile bool * flag) {
     llama_set_abort_callback(ctx_, abort_cb, (void *) flag);
 }
 
+// llama.cpp's CPU flash attention splits the KV range of a ONE-query decode among threads once the
+// cache view reaches 512 cells (ops.cpp, use_split_kv_path), which sums in another order than the
+// per-row path every multi-token batch takes: the same position then gets slightly different logits
+// from a plain step and from a verify batch, and near-tied argmaxes flip at depth. A throw-away row
+// in sequence 1 (masked out of sequence 0's attention, no logits) makes every decode a batch, so
+// plain steps, bonus-only steps and verify batches all compute each row the same way. The view is
+// padded to 256 cells, so the split starts once 257 cells are used; start padding a little earlier.
+static constexpr int kPadSingleFrom = 192;
+
 double LlamaModel::decode(const llama_token * tokens, int n, int n_logits) {
     if (n <= 0) return 0.0;
     if ((int) cached_.size() + n > n_ctx_) throw Error("context full: cannot decode past n_ctx");
+    llama_memory_t mem = llama_get_memory(ctx_);
     const double t0 = now_ms();
     for (int start = 0; start < n; start += n_batch_) {
         const int m = std::min(n_batch_, n - start);
@@ -139,9 +153,20 @@ double LlamaModel::decode(const llama_token * tokens, int n, int n_logits) {
             batch_.logits[i] = j >= n - n_logits;
             outputs += batch_.logits[i];
         }
+        const bool pad = pad_single_ && m == 1 && (int) cached_.size() >= kPadSingleFrom &&
+                         (int) cached_.size() + 2 <= (int) llama_n_ctx(ctx_);
+        if (pad) {
+            batch_.token[1] = tokens[start];
+            batch_.pos[1] = 0;
+            batch_.n_seq_id[1] = 1;
+            batch_.seq_id[1][0] = 1;
+            batch_.logits[1] = false;
+            batch_.n_tokens = 2;
+        }
         const int rc = llama_decode(ctx_, batch_);
+        if (pad) llama_memory_seq_rm(mem, 1, -1, -1);
         if (rc == 2) {  // aborted mid-batch: forget whatever part of it reached the cache
-            llama_memory_seq_rm(llama_get_memory(ctx_), 0, (llama_pos) cached_.size(), -1);
+            llama_memory_seq_rm(mem, 0, (llama_pos) cached_.size(), -1);
             throw Error("cancelled");
         }
         if (rc != 0) throw Error("llama_decode failed (code " + std::to_string(rc) + ")" +

@@ -20,6 +20,9 @@ struct ModelParams {
     int n_ctx = 4096;       // 0: the model's training context
     int n_batch = 512;      // largest batch handed to one llama_decode
     int n_threads = 0;      // 0: all hardware threads
+    // Pad one-token decodes to two rows so they take the same attention kernel as verify batches
+    // (see LlamaModel::decode). Only acts on CPU with several threads, past kPadSingleFrom tokens.
+    bool batch_invariant = true;
 };
 
 // Capture llama.cpp's log so a failed load can say why; silent unless PPOW_VERBOSE is set.
@@ -65,6 +68,7 @@ private:
     llama_batch batch_{};
     int n_vocab_ = 0, n_ctx_ = 0, n_batch_ = 0;
     int n_out_last_ = 0;
+    bool pad_single_ = false;
     std::vector<llama_token> cached_;
 };
 

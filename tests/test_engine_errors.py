@@ -70,6 +70,19 @@ def test_bad_token_ids(gen):
         gen.generate([])
 
 
+def test_bad_score_input(gen):
+    with pytest.raises(PpowError, match="outside the vocabulary"):
+        gen.score([1, 10**7])
+    with pytest.raises(ValueError, match="n_last"):
+        gen.score([1, 2, 3], n_last=4)
+    with pytest.raises(ValueError, match="n_last"):
+        gen.score([1, 2, 3], n_last=0)
+    with pytest.raises(PpowError, match="context holds 32"):
+        gen.score([1] * 40)
+    rows = gen.score([1, 2, 3], n_last=2)  # and the generator still works afterwards
+    assert rows.shape == (2, gen.n_vocab) and rows.dtype.name == "float32"
+
+
 def test_unknown_parameter(gen):
     with pytest.raises(TypeError, match="temperature_typo"):
         gen.generate("hi", temperature_typo=1)

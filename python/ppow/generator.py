@@ -117,11 +117,18 @@ class Generator:
     """Speculative (or plain) generation from a GGUF target with an optional GGUF drafter.
 
     Generator(target, drafter=None, n_ctx=4096, n_batch=512, n_threads=0, n_gpu_layers=0,
-              n_gpu_layers_draft=None, **generation_defaults)
+              n_gpu_layers_draft=None, batch_invariant=True, **generation_defaults)
+
+    batch_invariant: on the CPU with several threads, decode every single target token as a
+    two-row batch (one throw-away row) past ~192 tokens of context, so plain steps and verify
+    batches take the same attention kernel and greedy speculative output stays token-identical
+    to plain at any depth. Costs a few percent per plain step there; False gives llama.cpp's
+    own one-token path (what llama.cpp itself would output, but not batch-invariant).
     """
 
     def __init__(self, target, drafter=None, *, n_ctx: int = 4096, n_batch: int = 512, n_threads: int = 0,
-                 n_gpu_layers: int = 0, n_gpu_layers_draft: int | None = None, **defaults):
+                 n_gpu_layers: int = 0, n_gpu_layers_draft: int | None = None, batch_invariant: bool = True,
+                 **defaults):
         from ppow import _core
 
         unknown = set(defaults) - set(_GEN_KEYS)
@@ -136,6 +143,7 @@ class Generator:
         def model_params(path, ngl):
             mp = _core.ModelParams()
             mp.path, mp.n_ctx, mp.n_batch, mp.n_threads, mp.n_gpu_layers = path, n_ctx, n_batch, n_threads, ngl
+            mp.batch_invariant = bool(batch_invariant)
             return mp
 
         tp = model_params(_check_file(target, "target"), n_gpu_layers)
@@ -279,6 +287,22 @@ class Generator:
         stats = Stats(**out["stats"])
         self.last_stats = stats
         return Generation(text=out["text"].decode("utf-8", errors="replace"), tokens=list(out["tokens"]), stats=stats)
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def score(self, tokens: Sequence[int], n_last: int = 1):
+        """The target's logits (float32 array, n_last x n_vocab) for the last n_last positions of
+        `tokens`, decoded as one batch after the longest prefix already in the target's cache."""
+        from ppow import _core
+
+        ids = self._prompt_ids(tokens)
+        if not isinstance(n_last, int) or not 1 <= n_last <= len(ids):
+            raise ValueError(f"n_last must be an integer in [1, {len(ids)}], got {n_last!r}")
+        eng = self._live
+        with self._lock:
+            try:
+                return eng.score(ids, n_last)
+            except _core.EngineError as e:
+                raise PpowError(str(e)) from None
 
     # -- costs -----------------------------------------------------------------------------------
     def cost_profile(self, k_max: int = 8) -> dict:

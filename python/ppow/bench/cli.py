@@ -5,8 +5,8 @@ ppow plain (a Generator with only the target loaded), each drafter at each fixed
 with the auto policy, and the peers: llama-cpp-python's own speculative path with the same
 drafter GGUF (plus its plain decoding) and Hugging Face assisted generation (plus HF plain).
 Every greedy speculative output is checked token for token against its own engine's plain
-output; a difference in ppow or llama-cpp-python output is a failure (exit status 1, after the
-report is written); HF differences are reported only.
+output; a difference in ppow output is a failure (exit status 1, after the report is written);
+the peers' differences are reported only (neither promises batch-invariant verification).
 
 Writes OUTDIR/report.json, OUTDIR/report.md and PNG plots.
 """
@@ -305,16 +305,16 @@ def main(argv=None) -> int:
 
     descr = [s.describe() for s in systems]
     greedy = args.temp == 0
-    # Every engine is checked against its own plain output. ppow and llama-cpp-python run the same
-    # kernels, chosen to be batch-invariant (see README "Losslessness at depth" for where llama.cpp's
-    # are not), so any difference there is a failure; transformers verifies drafts in
-    # float32 batches that need not reproduce single-token logits bit for bit, so its differences
-    # are reported but do not fail the run.
+    # Every engine is checked against its own plain output. ppow verifies with batch-invariant
+    # kernels (README "Losslessness at depth"), so any difference there is a failure. The peers make
+    # no such promise: llama-cpp-python's one-token decodes take llama.cpp's multi-threaded split-KV
+    # attention past 256 cached tokens, which rounds differently from its verify batches, and
+    # transformers verifies in float32 batches; their differences are reported, not failed.
     checked = check_outputs(runs, descr) if greedy else []
     family = {s["name"]: s["family"] for s in descr}
     baseline_of = {s["name"]: s["baseline"] for s in descr}
-    mismatches = [m for m in checked if family[m["system"]] != "hf"]
-    hf_mismatches = [m for m in checked if family[m["system"]] == "hf"]
+    mismatches = [m for m in checked if family[m["system"]] == "ppow"]
+    peer_mismatches = [m for m in checked if family[m["system"]] != "ppow"]
     add_speedups(runs, descr)
     report = {
         "machine": machine_info(),
@@ -329,9 +329,10 @@ def main(argv=None) -> int:
         "systems": descr,
         "skipped": skipped,
         "results": summarize_all(runs, descr),
-        "n_checked": sum(1 for r in runs if greedy and baseline_of[r["system"]] and family[r["system"]] != "hf"),
+        "n_checked": sum(1 for r in runs if greedy and baseline_of[r["system"]] and family[r["system"]] == "ppow"),
+        "n_checked_peers": sum(1 for r in runs if greedy and baseline_of[r["system"]] and family[r["system"]] != "ppow"),
         "mismatches": mismatches,
-        "hf_mismatches": hf_mismatches,
+        "peer_mismatches": peer_mismatches,
         "ok": not mismatches,
         "runs": [{k: v for k, v in r.items() if k != "tokens"} for r in runs],
     }

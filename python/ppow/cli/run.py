@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-c", "--ctx-size", type=int, default=4096)
     ap.add_argument("-b", "--batch-size", type=int, default=512)
     ap.add_argument("-t", "--threads", type=int, default=0, help="0: all hardware threads")
+    ap.add_argument("--no-batch-invariant", action="store_true",
+                    help="decode single target tokens with llama.cpp's own one-row kernels (faster plain steps "
+                         "at depth on several CPU threads, but verify batches may then round differently)")
     ap.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="target layers on the GPU (-1: all)")
     ap.add_argument("-ngld", "--n-gpu-layers-draft", type=int, default=None, help="drafter layers on the GPU")
     ap.add_argument("--temp", type=float, default=0.0, help="0: greedy")
@@ -77,7 +80,8 @@ def main(argv=None) -> int:
         if drafter in ("none", ""):
             drafter = None
         gen = Generator(target, drafter, n_ctx=args.ctx_size, n_batch=args.batch_size, n_threads=args.threads,
-                        n_gpu_layers=args.n_gpu_layers, n_gpu_layers_draft=args.n_gpu_layers_draft)
+                        n_gpu_layers=args.n_gpu_layers, n_gpu_layers_draft=args.n_gpu_layers_draft,
+                        batch_invariant=not args.no_batch_invariant)
         params = dict(n_predict=args.n_predict, temp=args.temp, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                       draft_max=args.draft_max, draft_min=args.draft_min, draft_p_min=args.draft_p_min,
                       draft_policy=args.draft_policy, stop=args.stop, ignore_eos=args.ignore_eos)
