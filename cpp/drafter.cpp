@@ -13,6 +13,7 @@ static std::string token_text(const llama_vocab * v, llama_token t) {
 
 ModelDrafter::ModelDrafter(const ModelParams & params, const llama_vocab * tv) : model_(params) {
     const int n_target = llama_vocab_n_tokens(tv);
+    // GGUF keys as in python/ppow/gguf_keys.py (written by ppow-convert)
     d2t_ = gguf_int_array(params.path, "ppow.draft_vocab.d2t");
     const llama_vocab * dv = model_.vocab();
     if (d2t_.empty()) {

@@ -18,6 +18,9 @@ import os
 
 import numpy as np
 import gguf
+from ppow.gguf_keys import DRAFT_VOCAB_D2T as KEY_D2T
+from ppow.gguf_keys import DRAFT_VOCAB_UNK as KEY_UNK
+from ppow.gguf_keys import TARGET_N_VOCAB as KEY_TARGET_N_VOCAB
 
 from .errors import ConvertError
 from .gguf_io import OUTTYPES, add_weight, open_gguf, write_gguf
@@ -26,9 +29,6 @@ from .safetensors_io import read_dir, read_file
 from .tokenizer import copy_tokenizer, token_count
 
 D2T_FILE = "draft_vocab.safetensors"
-KEY_D2T = "ppow.draft_vocab.d2t"
-KEY_TARGET_N_VOCAB = "ppow.target.n_vocab"
-KEY_UNK = "ppow.draft_vocab.unk_id"  # the draft id fed for target tokens outside the draft vocabulary
 
 
 def load_d2t(ckpt_dir, n_target):

@@ -25,9 +25,9 @@ import numpy as np
 from llama_cpp.llama_speculative import LlamaDraftModel
 
 from ppow.bench.runners import Measure
+from ppow.gguf_keys import DRAFT_VOCAB_D2T as KEY_D2T
+from ppow.gguf_keys import DRAFT_VOCAB_UNK as KEY_UNK
 
-KEY_D2T = "ppow.draft_vocab.d2t"
-KEY_UNK = "ppow.draft_vocab.unk_id"
 
 
 def read_d2t(path):
