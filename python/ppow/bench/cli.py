@@ -306,7 +306,7 @@ def main(argv=None) -> int:
     descr = [s.describe() for s in systems]
     greedy = args.temp == 0
     # Every engine is checked against its own plain output. ppow verifies with batch-invariant
-    # kernels (README "Losslessness at depth"), so any difference there is a failure. The peers make
+    # kernels (README, "The engine"), so any difference there is a failure. The peers make
     # no such promise: llama-cpp-python's one-token decodes take llama.cpp's multi-threaded split-KV
     # attention past 256 cached tokens, which rounds differently from its verify batches, and
     # transformers verifies in float32 batches; their differences are reported, not failed.
