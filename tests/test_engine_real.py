@@ -10,8 +10,8 @@ Speculative output must equal plain greedy output token for token, for every win
 
 Everything runs with n_threads=1 (on 2 busy cores one llama.cpp thread is several times faster
 than two fighting for the CPU), except the tests at the end that check, with 2 threads, the
-padding that keeps one-token decodes batch-invariant at depth. To keep the file under 3 minutes there, each k runs on a rotating
-pair of the prompts (random-drafter runs generate fewer tokens: they cost one multi-token verify
+padding that keeps one-token decodes batch-invariant at depth. To keep the file under 3 minutes
+there, each k runs on a rotating pair of the prompts (random-drafter runs generate fewer tokens: they cost one multi-token verify
 batch per generated token); over k = 1..8 every prompt meets each drafter at two or more window
 caps, and the repetitive prompt meets the self-drafter at k = 8.
 """
@@ -225,7 +225,7 @@ def test_two_threads_single_vs_batch_logits(gemma_gguf, deep_prompts, batch_inva
 
 def test_two_threads_deep_greedy_lossless(gemma_gguf, deep_prompts):
     # The first prompt's plain output differs from its speculative output at token 0 when one-token
-    # decodes are not padded (measured on the 2-core CI machine); padded, every k matches.
+    # decodes are not padded (measured on a 2-core x86 VM); padded, every k matches.
     with ppow.Generator(gemma_gguf, gemma_gguf, n_ctx=1024, n_threads=2) as g:
         for text in deep_prompts:
             ids = g.tokenize(text)
