@@ -8,12 +8,12 @@ Speculative output must equal plain greedy output token for token, for every win
     committed, verified in chunks), and
 (c) with prompts ending just short of the context limit (windows clamped by the context).
 
-Everything runs with n_threads=1 (on 2 busy cores one llama.cpp thread is several times faster
-than two fighting for the CPU), except the tests at the end that check, with 2 threads, the
-padding that keeps one-token decodes batch-invariant at depth. To keep the file under 3 minutes
-there, each k runs on a rotating pair of the prompts (random-drafter runs generate fewer tokens:
-they cost one multi-token verify batch per generated token); over k = 1..8 every prompt meets each drafter at two or more window
-caps, and the repetitive prompt meets the self-drafter at k = 8.
+Everything runs with n_threads=1 (on 2 busy cores one llama.cpp thread is several times faster than
+two fighting for the CPU), except the tests at the end that check, with 2 threads, the padding that
+keeps one-token decodes batch-invariant at depth. To keep the file under 3 minutes there, each k
+runs on a rotating pair of the prompts (random-drafter runs generate fewer tokens: they cost one
+multi-token verify batch per generated token); over k = 1..8 every prompt meets each drafter at two
+or more window caps, and the repetitive prompt meets the self-drafter at k = 8.
 """
 import json
 
