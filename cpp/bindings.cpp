@@ -116,16 +116,12 @@ NB_MODULE(_core, m) {
         .def(
             "score",
             [](Engine & e, const std::vector<llama_token> & tokens, int n_last) {
-                auto * rows = new std::vector<float>();
+                std::vector<float> scored;
                 {
                     nb::gil_scoped_release nogil;
-                    try {
-                        *rows = e.score(tokens, n_last);
-                    } catch (...) {
-                        delete rows;
-                        throw;
-                    }
+                    scored = e.score(tokens, n_last);
                 }
+                auto * rows = new std::vector<float>(std::move(scored));  // owned by the array below
                 nb::capsule owner(rows, [](void * p) noexcept { delete static_cast<std::vector<float> *>(p); });
                 return nb::ndarray<nb::numpy, float, nb::ndim<2>>(rows->data(), {(size_t) n_last, (size_t) e.n_vocab()},
                                                                   owner);

@@ -149,14 +149,21 @@ static void validate(const GenParams & gp) {
     if (!(gp.sampling.top_p > 0.0f && gp.sampling.top_p <= 1.0f)) throw Error("top_p must be in (0, 1]");
 }
 
+void Engine::check_tokens(const std::vector<llama_token> & tokens, const char * what) const {
+    const std::string w(what);
+    if (tokens.empty()) throw Error("the " + w + " is empty (no tokens)");
+    if ((int) tokens.size() > target_.n_ctx())
+        throw Error("the " + w + " has " + std::to_string(tokens.size()) + " tokens but the context holds " +
+                    std::to_string(target_.n_ctx()) + " (raise n_ctx)");
+    for (llama_token t : tokens)
+        if (t < 0 || t >= target_.n_vocab())
+            throw Error(w + " token id " + std::to_string(t) + " is outside the vocabulary");
+}
+
 std::vector<float> Engine::score(const std::vector<llama_token> & tokens, int n_last) {
-    if (tokens.empty()) throw Error("no tokens to score");
+    check_tokens(tokens, "input");
     if (n_last < 1 || n_last > (int) tokens.size() || n_last > target_.n_batch())
         throw Error("n_last must be in [1, min(len(tokens), n_batch)], got " + std::to_string(n_last));
-    if ((int) tokens.size() > target_.n_ctx())
-        throw Error("got " + std::to_string(tokens.size()) + " tokens but the context holds " + std::to_string(target_.n_ctx()));
-    for (llama_token t : tokens)
-        if (t < 0 || t >= target_.n_vocab()) throw Error("token id " + std::to_string(t) + " is outside the vocabulary");
     cancel_flag_ = false;
     const int keep = target_.common_prefix(tokens, n_last);
     target_.truncate(keep);
@@ -172,12 +179,7 @@ std::vector<float> Engine::score(const std::vector<llama_token> & tokens, int n_
 
 Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams & gp, const TextCallback & on_text) {
     validate(gp);
-    if (prompt.empty()) throw Error("the prompt is empty (no tokens)");
-    if ((int) prompt.size() > target_.n_ctx())
-        throw Error("the prompt has " + std::to_string(prompt.size()) + " tokens but the context holds " +
-                    std::to_string(target_.n_ctx()) + " (raise n_ctx)");
-    for (llama_token t : prompt)
-        if (t < 0 || t >= target_.n_vocab()) throw Error("prompt token id " + std::to_string(t) + " is outside the vocabulary");
+    check_tokens(prompt, "prompt");
 
     cancel_flag_ = false;
     rng_.seed(gp.sampling.seed);

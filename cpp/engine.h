@@ -85,6 +85,8 @@ public:
     bool add_bos() const { return llama_vocab_get_add_bos(target_.vocab()); }
 
 private:
+    // Non-empty, fits the context, every id in the target's vocabulary; `what` names it in errors.
+    void check_tokens(const std::vector<llama_token> & tokens, const char * what) const;
     // Commits tokens one by one; returns false once generation must stop.
     bool commit(llama_token t, const GenParams & gp, Result & res, std::vector<llama_token> & hist,
                 std::string & pending, size_t & emitted, const TextCallback & on_text);

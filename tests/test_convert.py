@@ -24,8 +24,10 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 import llama_cpp
 import tinymodels
 from ppow_convert import cli, convert_drafter, convert_hf
-from ppow_convert.drafter import KEY_D2T, KEY_TARGET_N_VOCAB, KEY_UNK
 from ppow_convert.safetensors_io import read_file
+from ppow.gguf_keys import DRAFT_VOCAB_D2T as KEY_D2T
+from ppow.gguf_keys import DRAFT_VOCAB_UNK as KEY_UNK
+from ppow.gguf_keys import TARGET_N_VOCAB as KEY_TARGET_N_VOCAB
 
 PROMPTS = ["The painter said", "Numbers are fun: 1, 2,", "def add(a, b):\n", "When the draft model is"]
 TOKENIZE_STRINGS = ["The quick brown fox", "Hello  world!\n\n  x = 42 # 12345", "café 🦊 naïve ä",

@@ -29,7 +29,6 @@ from ppow.gguf_keys import DRAFT_VOCAB_D2T as KEY_D2T
 from ppow.gguf_keys import DRAFT_VOCAB_UNK as KEY_UNK
 
 
-
 def read_d2t(path):
     """The draft->target map of a reduced-vocabulary ppow drafter GGUF, or None.
 
