@@ -1,4 +1,5 @@
 // bindings.cpp - ppow._core: the engine for Python. Decoding runs with the GIL released.
+#include "datagen.h"
 #include "engine.h"
 
 #include <ggml-backend.h>
@@ -58,6 +59,38 @@ static nb::dict stats_dict(const Stats & s) {
     return d;
 }
 
+// A numpy array that owns `v` (moved in).
+template <typename T>
+static nb::ndarray<nb::numpy, T> owned_array(std::vector<T> && v, std::initializer_list<size_t> shape) {
+    auto * held = new std::vector<T>(std::move(v));
+    nb::capsule owner(held, [](void * p) noexcept { delete static_cast<std::vector<T> *>(p); });
+    return nb::ndarray<nb::numpy, T>(held->data(), shape.size(), shape.begin(), owner);
+}
+
+// Data generation: a target loaded for n_parallel sequences, whose finished sequences are handed to
+// Python (with the GIL) as dicts of numpy arrays while the decoding runs without it.
+struct DataGen {
+    LlamaModel model;
+    volatile bool cancel_flag = false;
+    explicit DataGen(const ModelParams & mp) : model(mp) { model.set_abort_flag(&cancel_flag); }
+};
+
+static nb::dict record_dict(SeqRecord && r, int K, int L, int H) {
+    const size_t N = r.tokens.size();
+    nb::dict d;
+    d["index"] = r.index;
+    d["prompt_len"] = r.prompt_len;
+    d["stop"] = r.stop;
+    d["tokens"] = owned_array(std::move(r.tokens), {N});
+    d["greedy"] = owned_array(std::move(r.greedy), {N});
+    d["next"] = owned_array(std::move(r.next), {N});
+    d["scored"] = owned_array(std::move(r.scored), {N});
+    d["topk_ids"] = owned_array(std::move(r.topk_ids), {N, (size_t) K});
+    d["topk_probs"] = owned_array(std::move(r.topk_probs), {N, (size_t) K});
+    d["hidden_bf16"] = owned_array(std::move(r.hidden), {N, (size_t) L, (size_t) H});
+    return d;
+}
+
 NB_MODULE(_core, m) {
     m.doc() = "ppow engine: speculative decoding over llama.cpp";
     nb::exception<Error>(m, "EngineError", PyExc_RuntimeError);
@@ -70,7 +103,67 @@ NB_MODULE(_core, m) {
         .def_rw("n_ctx", &ModelParams::n_ctx)
         .def_rw("n_batch", &ModelParams::n_batch)
         .def_rw("n_threads", &ModelParams::n_threads)
-        .def_rw("batch_invariant", &ModelParams::batch_invariant);
+        .def_rw("batch_invariant", &ModelParams::batch_invariant)
+        .def_rw("n_parallel", &ModelParams::n_parallel);
+
+    nb::class_<DataGenParams>(m, "DataGenParams")
+        .def(nb::init<>())
+        .def_rw("max_new", &DataGenParams::max_new)
+        .def_rw("topk", &DataGenParams::topk)
+        .def_rw("temp", &DataGenParams::temp)
+        .def_rw("seed", &DataGenParams::seed)
+        .def_rw("stop_at_eog", &DataGenParams::stop_at_eog)
+        .def_rw("layers", &DataGenParams::layers);
+
+    nb::class_<DataGen>(m, "DataGen")
+        .def(nb::init<const ModelParams &>(), "target"_a, nb::call_guard<nb::gil_scoped_release>())
+        .def(
+            "run",
+            [](DataGen & g, const std::vector<std::vector<llama_token>> & prompts, const DataGenParams & p,
+               int ctx_per_seq, nb::object on_done, const std::vector<int64_t> & indices) {
+                const int K = p.topk, L = (int) p.layers.size(), H = g.model.n_embd();
+                g.cancel_flag = false;
+                DataGenStats st;
+                {
+                    nb::gil_scoped_release nogil;
+                    st = DataGenerator(g.model).run(prompts, indices, p, ctx_per_seq, [&](SeqRecord && r) {
+                        nb::gil_scoped_acquire gil;
+                        on_done(record_dict(std::move(r), K, L, H));  // a Python exception propagates
+                    }, &g.cancel_flag);
+                }
+                nb::dict d;
+                d["sequences"] = st.sequences;
+                d["positions"] = st.positions;
+                d["new_tokens"] = st.new_tokens;
+                d["decodes"] = st.decodes;
+                d["rows"] = st.rows;
+                d["t_decode_ms"] = st.t_decode_ms;
+                d["t_host_ms"] = st.t_host_ms;
+                d["t_total_ms"] = st.t_total_ms;
+                return d;
+            },
+            "prompts"_a, "params"_a, "ctx_per_seq"_a, "on_done"_a, "indices"_a = std::vector<int64_t>())
+        .def("cancel", [](DataGen & g) { g.cancel_flag = true; })
+        .def_prop_ro("n_layer", [](DataGen & g) { return g.model.n_layer(); })
+        .def_prop_ro("n_embd", [](DataGen & g) { return g.model.n_embd(); })
+        .def_prop_ro("n_vocab", [](DataGen & g) { return g.model.n_vocab(); })
+        .def_prop_ro("n_ctx", [](DataGen & g) { return g.model.n_ctx(); })
+        .def_prop_ro("n_parallel", [](DataGen & g) { return (int) llama_n_seq_max(g.model.ctx()); })
+        .def_prop_ro("bos", [](DataGen & g) { return llama_vocab_bos(g.model.vocab()); })
+        .def(
+            "tokenize",
+            [](DataGen & g, const std::string & text, bool add_special) {
+                std::vector<llama_token> out(text.size() + 8);
+                int n = llama_tokenize(g.model.vocab(), text.data(), (int) text.size(), out.data(), (int) out.size(),
+                                       add_special, false);
+                if (n < 0) {
+                    out.resize(-n);
+                    n = llama_tokenize(g.model.vocab(), text.data(), (int) text.size(), out.data(), -n, add_special, false);
+                }
+                out.resize(std::max(n, 0));
+                return out;
+            },
+            "text"_a, "add_special"_a = true);
 
     nb::enum_<DraftPolicy>(m, "DraftPolicy").value("fixed", DraftPolicy::Fixed).value("auto", DraftPolicy::Auto);
 
@@ -127,6 +220,19 @@ NB_MODULE(_core, m) {
                                                                   owner);
             },
             "tokens"_a, "n_last"_a = 1)
+        .def(
+            "score_features",
+            [](Engine & e, const std::vector<llama_token> & tokens, int n_last, const std::vector<int> & layers) {
+                std::vector<float> logits, feats;
+                {
+                    nb::gil_scoped_release nogil;
+                    logits = e.score_features(tokens, n_last, layers, feats);
+                }
+                const size_t T = tokens.size();
+                return nb::make_tuple(owned_array(std::move(logits), {(size_t) n_last, (size_t) e.n_vocab()}),
+                                      owned_array(std::move(feats), {layers.size(), T, (size_t) e.n_embd()}));
+            },
+            "tokens"_a, "n_last"_a, "layers"_a)
         .def("cancel", &Engine::cancel, "Stop the running generate() at its next step (thread-safe)")
         .def("tokenize", &Engine::tokenize, "text"_a, "add_special"_a = true, "parse_special"_a = false)
         .def("detokenize", [](Engine & e, const std::vector<llama_token> & t) {
@@ -138,6 +244,8 @@ NB_MODULE(_core, m) {
         .def_prop_rw("verify_batch_max", &Engine::verify_batch_max, &Engine::set_verify_batch_max)
         .def_prop_ro("n_vocab", &Engine::n_vocab)
         .def_prop_ro("n_ctx", &Engine::n_ctx)
+        .def_prop_ro("n_layer", &Engine::n_layer)
+        .def_prop_ro("n_embd", &Engine::n_embd)
         .def_prop_ro("has_drafter", &Engine::has_drafter)
         .def_prop_ro("drafter_kind", [](Engine & e) { return e.has_drafter() ? std::string(e.drafter()->kind()) : std::string(); })
         .def_prop_ro("bos", &Engine::bos)

@@ -177,6 +177,34 @@ std::vector<float> Engine::score(const std::vector<llama_token> & tokens, int n_
     return out;
 }
 
+std::vector<float> Engine::score_features(const std::vector<llama_token> & tokens, int n_last,
+                                          const std::vector<int> & layers, std::vector<float> & features) {
+    check_tokens(tokens, "input");
+    if (layers.empty()) throw Error("no hidden-state layers requested");
+    FeatureCapture & cap = target_.capture();
+    cap.set_layers(layers);  // validates the indices
+    for (int k : layers)
+        if (k == target_.n_layer() && n_last != (int) tokens.size())
+            throw Error("layer " + std::to_string(k) + " (the final norm) exists only for rows with logits: "
+                        "pass n_last = len(tokens) to capture it");
+    struct Off {  // capture stays off outside this call, whatever happens
+        FeatureCapture & c;
+        ~Off() { c.set_layers({}); }
+    } off{cap};
+    target_.truncate(0);  // every position is decoded, so every position has its features
+    cap.clear();
+    std::vector<float> logits = score(tokens, n_last);
+    const size_t T = tokens.size(), H = (size_t) target_.n_embd();
+    features.assign(layers.size() * T * H, 0.0f);
+    for (size_t i = 0; i < layers.size(); ++i) {
+        const size_t rows = (size_t) cap.n_rows((int) i);
+        if (rows != T) throw Error("captured " + std::to_string(rows) + " rows of layer " + std::to_string(layers[i]) +
+                                   ", expected " + std::to_string(T));
+        std::copy_n(cap.rows((int) i), T * H, features.data() + i * T * H);
+    }
+    return logits;
+}
+
 Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams & gp, const TextCallback & on_text) {
     validate(gp);
     check_tokens(prompt, "prompt");

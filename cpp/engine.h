@@ -63,6 +63,13 @@ public:
     // and the batch-invariance tests.
     std::vector<float> score(const std::vector<llama_token> & tokens, int n_last);
 
+    // score() from an empty cache, capturing the target's hidden states at `layers` (Hugging Face
+    // numbering, see capture.h) for every position of `tokens`. `features` gets
+    // layers.size() x tokens.size() x n_embd floats; the final-norm layer (k = n_layer) exists only
+    // for the n_last scored rows, so asking for it needs n_last == tokens.size().
+    std::vector<float> score_features(const std::vector<llama_token> & tokens, int n_last,
+                                      const std::vector<int> & layers, std::vector<float> & features);
+
     std::vector<llama_token> tokenize(const std::string & text, bool add_special, bool parse_special) const;
     std::string detokenize(const std::vector<llama_token> & tokens) const;
     std::string token_piece(llama_token t) const;
@@ -81,6 +88,8 @@ public:
     LlamaModel & target() { return target_; }
     int n_vocab() const { return target_.n_vocab(); }
     int n_ctx() const { return target_.n_ctx(); }
+    int n_layer() const { return target_.n_layer(); }
+    int n_embd() const { return target_.n_embd(); }
     llama_token bos() const { return llama_vocab_bos(target_.vocab()); }
     bool add_bos() const { return llama_vocab_get_add_bos(target_.vocab()); }
 

@@ -70,6 +70,7 @@ LlamaModel::LlamaModel(const ModelParams & p) : path_(p.path) {
     check_gguf_file(p.path, "model");
     if (p.n_ctx < 0) throw Error("n_ctx must be >= 0");
     if (p.n_batch < 1) throw Error("n_batch must be >= 1");
+    if (p.n_parallel < 1 || p.n_parallel > 256) throw Error("n_parallel must be in [1, 256]");
     {
         std::lock_guard<std::mutex> lock(g_log_mutex);
         g_last_error.clear();
@@ -79,6 +80,8 @@ LlamaModel::LlamaModel(const ModelParams & p) : path_(p.path) {
     mp.n_gpu_layers = p.n_gpu_layers < 0 ? 999 : p.n_gpu_layers;
     // Repacked CPU weights switch kernels with the batch size (gemv for 1 row, gemm from 4), so a
     // verify batch would not reproduce single-token logits exactly; plain layouts do (see engine.h).
+    // (Data generation keeps them off too: Gemma's tied lm head, the dominant cost, is never repacked,
+    // and the AMX buffer type crashed llama.cpp 0.3.36 on a Sapphire Rapids Xeon.)
     mp.use_extra_bufts = false;
     model_ = llama_model_load_from_file(p.path.c_str(), mp);
     if (!model_) {
@@ -87,6 +90,7 @@ LlamaModel::LlamaModel(const ModelParams & p) : path_(p.path) {
     }
     vocab_ = llama_model_get_vocab(model_);
     n_vocab_ = llama_vocab_n_tokens(vocab_);
+    capture_ = std::make_unique<FeatureCapture>(llama_model_n_layer(model_), llama_model_n_embd(model_));
 
     const int n_threads = p.n_threads > 0 ? p.n_threads : (int) std::max(1u, std::thread::hardware_concurrency());
     llama_context_params cp = llama_context_default_params();
@@ -95,14 +99,18 @@ LlamaModel::LlamaModel(const ModelParams & p) : path_(p.path) {
     cp.n_ubatch = p.n_batch;
     // Sequence 1 only ever holds the padding row of a one-token decode, for the length of that
     // decode; one unified cache keeps the whole n_ctx for sequence 0.
-    pad_single_ = p.batch_invariant && n_threads > 1 && mp.n_gpu_layers == 0;
-    cp.n_seq_max = pad_single_ ? 2 : 1;
+    pad_single_ = p.batch_invariant && n_threads > 1 && mp.n_gpu_layers == 0 && p.n_parallel == 1;
+    cp.n_seq_max = p.n_parallel > 1 ? p.n_parallel : pad_single_ ? 2 : 1;
     cp.kv_unified = true;
     cp.n_threads = n_threads;
     cp.n_threads_batch = n_threads;
     cp.no_perf = true;
     // Sliding-window models (Gemma 3) must keep the full KV so rejected draft positions can be removed.
     cp.swa_full = true;
+    // The capture asks for no graph node until layers are requested, so an idle capture leaves the
+    // scheduler's work as it was (logits bit-identical with and without it: tests/test_capture.py).
+    cp.cb_eval = FeatureCapture::eval_callback;
+    cp.cb_eval_user_data = capture_.get();
     ctx_ = llama_init_from_model(model_, cp);
     if (!ctx_) {
         std::string why = last_llama_error();
@@ -163,6 +171,7 @@ double LlamaModel::decode(const llama_token * tokens, int n, int n_logits) {
             batch_.logits[1] = false;
             batch_.n_tokens = 2;
         }
+        if (capture_->active()) capture_->begin_ubatch(m, outputs);
         const int rc = llama_decode(ctx_, batch_);
         if (pad) llama_memory_seq_rm(mem, 1, -1, -1);
         if (rc == 2) {  // aborted mid-batch: forget whatever part of it reached the cache
@@ -172,6 +181,7 @@ double LlamaModel::decode(const llama_token * tokens, int n, int n_logits) {
         if (rc != 0) throw Error("llama_decode failed (code " + std::to_string(rc) + ")" +
                                  (last_llama_error().empty() ? "" : ": " + last_llama_error()));
         cached_.insert(cached_.end(), tokens + start, tokens + start + m);
+        if (capture_->active()) capture_->end_ubatch();
         n_out_last_ = outputs;
     }
     llama_synchronize(ctx_);

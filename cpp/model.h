@@ -1,8 +1,11 @@
 // model.h - one GGUF model with its own llama_context (and so its own KV cache), sequence 0 only.
 #pragma once
 
+#include "capture.h"
+
 #include <llama.h>
 
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -23,6 +26,9 @@ struct ModelParams {
     // Pad one-token decodes to two rows so they take the same attention kernel as verify batches
     // (see LlamaModel::decode). Only acts on CPU with several threads, past kPadSingleFrom tokens.
     bool batch_invariant = true;
+    // Sequences the context holds at once (one unified KV cache): > 1 only for batched data
+    // generation, where sequence ids 0..n_parallel-1 are driven directly through ctx().
+    int n_parallel = 1;
 };
 
 // Capture llama.cpp's log so a failed load can say why; silent unless PPOW_VERBOSE is set.
@@ -43,6 +49,10 @@ public:
     int n_ctx() const { return n_ctx_; }
     int n_batch() const { return n_batch_; }
     const std::string & path() const { return path_; }
+    int n_layer() const { return llama_model_n_layer(model_); }
+    int n_embd() const { return llama_model_n_embd(model_); }
+    // Hidden-state capture on every decode of this context (inactive until layers are set).
+    FeatureCapture & capture() { return *capture_; }
 
     // Tokens known to be in the KV cache, in position order. The engine keeps this exact.
     const std::vector<llama_token> & cached() const { return cached_; }
@@ -65,6 +75,7 @@ private:
     llama_model * model_ = nullptr;
     llama_context * ctx_ = nullptr;
     const llama_vocab * vocab_ = nullptr;
+    std::unique_ptr<FeatureCapture> capture_;  // outlives ctx_, whose eval callback points at it
     llama_batch batch_{};
     int n_vocab_ = 0, n_ctx_ = 0, n_batch_ = 0;
     int n_out_last_ = 0;

@@ -304,6 +304,37 @@ class Generator:
             except _core.EngineError as e:
                 raise PpowError(str(e)) from None
 
+    def features(self, tokens: Sequence[int], layers: Sequence[int], n_last: int = 1):
+        """The target's hidden states at `layers` for every position of `tokens`, with the logits of
+        the last n_last positions: returns (logits [n_last, n_vocab], features [len(layers),
+        len(tokens), n_embd]), both float32. Layers count as Hugging Face's `hidden_states`: 0 = the
+        (scaled) input embeddings, k = the input of layer k, n_layer = the final norm's output (only
+        on rows with logits, so it needs n_last = len(tokens)). Decodes from an empty cache; capture
+        leaves the logits bit-identical to score()'s."""
+        from ppow import _core
+
+        ids = self._prompt_ids(tokens)
+        if not isinstance(n_last, int) or not 1 <= n_last <= len(ids):
+            raise ValueError(f"n_last must be an integer in [1, {len(ids)}], got {n_last!r}")
+        layers = list(layers)
+        if not layers or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in layers):
+            raise ValueError(f"layers must be a non-empty list of integers >= 0, got {layers!r}")
+        eng = self._live
+        with self._lock:
+            try:
+                return eng.score_features(ids, n_last, layers)
+            except _core.EngineError as e:
+                raise PpowError(str(e)) from None
+
+    @property
+    def n_layer(self) -> int:
+        """Target layers (hidden_states has n_layer + 1 entries)."""
+        return self._live.n_layer
+
+    @property
+    def n_embd(self) -> int:
+        return self._live.n_embd
+
     # -- costs -----------------------------------------------------------------------------------
     def cost_profile(self, k_max: int = 8) -> dict:
         """Measure target verify cost per batch size and drafter cost per token on this machine

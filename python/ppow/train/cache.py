@@ -194,6 +194,11 @@ class Cache:
         return self
 
     def _init(self, t):
+        # Engine caches (datagen.py) add the target's hidden states (bf16 [N, L, H], kept as stored)
+        # and which rows were scored by the target (prompt rows carry a one-hot label instead).
+        self.hidden = t.get("hidden")
+        self.scored = t["scored"].bool() if "scored" in t else torch.ones(len(t["tokens"]), dtype=torch.bool)
+        self.layers = self.meta.get("settings", {}).get("layers")
         self.tokens = t["tokens"].long()
         self.greedy = t["greedy"].long()
         self.topk_ids = t["topk_ids"].long()

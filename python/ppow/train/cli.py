@@ -53,7 +53,14 @@ def build_parser():
 
     d = sub.add_parser("data", help="continue prompts greedily with the target and cache its tokens + top-k")
     d.add_argument("--target", default=None, help="GGUF file or HF dir (default: the packaged Gemma 3 270M)")
-    d.add_argument("--backend", choices=["auto", "llama", "torch"], default="auto")
+    d.add_argument("--backend", choices=["auto", "engine", "llama", "torch"], default="auto",
+                   help="engine (default for GGUF): ppow's batched C++ data engine with hidden states; "
+                        "llama: one sequence at a time through llama-cpp-python; torch: transformers (HF dirs)")
+    d.add_argument("--layers", default="auto",
+                   help="engine: target hidden_states[k] to store, e.g. 2,9,15 (auto: EAGLE-3's low/middle/high "
+                        "layers from the target's depth; 'none': no features)")
+    d.add_argument("--n-parallel", type=int, default=32, help="engine: sequences in flight in one decode")
+    d.add_argument("--temp", type=float, default=0.0, help="engine: 0 = greedy; > 0 samples (seeded by --seed)")
     d.add_argument("--prompts", default=None, help="jsonl (text|turns) or plain text, one prompt per line")
     d.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0 = all cores; 1 on a busy machine)")
     d.add_argument("--template", choices=sorted(TEMPLATES), default="raw", help="prompt template (ppow.templates)")
@@ -64,7 +71,7 @@ def build_parser():
     d.add_argument("--max-new", type=int, default=64)
     d.add_argument("--prompt-tail", type=int, default=64, help="keep BOS + the last N prompt tokens")
     d.add_argument("--topk", type=int, default=16)
-    d.add_argument("--shard-size", type=int, default=256)
+    d.add_argument("--shard-size", type=int, default=None, help="sequences per shard (default 64 engine, 256 else)")
     d.add_argument("--n-ctx", type=int, default=0, help="llama.cpp context (default prompt-tail + max-new + 8)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("-o", "--out", required=True)
@@ -165,6 +172,23 @@ def cmd_data(args):
     from .data import load_target, read_prompts
 
     path = _target_path(args.target)
+    engine = args.backend == "engine" or (args.backend == "auto" and os.path.isfile(path) and path.endswith(".gguf")
+                                          and not args.seed_prefixes)
+    if engine:
+        from .datagen import build_engine_cache
+
+        if not args.prompts:
+            raise SystemExit("ppow-train data: the engine backend needs --prompts")
+        prompts = read_prompts(args.prompts, args.limit, args.offset, args.template)
+        summary = build_engine_cache(
+            path, args.out, prompts, template=args.template, max_new=args.max_new, prompt_tail=args.prompt_tail,
+            topk=args.topk, layers=[] if args.layers == "none" else args.layers, n_parallel=args.n_parallel,
+            threads=args.threads, temp=args.temp, seed=args.seed, shard_size=args.shard_size or 64,
+            progress=not args.quiet)
+        print(json.dumps(summary))
+        return
+    if args.shard_size is None:
+        args.shard_size = 256
     if not args.prompt_tail:  # 0 = whole prompt, as much as fits the context
         args.prompt_tail = (args.n_ctx or 2048) - args.max_new - 8
     n_ctx = args.n_ctx or (args.prompt_tail + args.max_new + 8 + (8 if args.seed_prefixes else 0))
@@ -332,11 +356,13 @@ def run(argv=None):
 
 def main(argv=None):
     """Console entry point: exit status 0 on success, 2 with a one-line error on bad input."""
+    from ppow.errors import PpowError
+
     from .common import NonFiniteError
 
     try:
         run(argv)
-    except (ValueError, FileNotFoundError, NotADirectoryError, NonFiniteError) as e:
+    except (ValueError, FileNotFoundError, NotADirectoryError, NonFiniteError, PpowError) as e:
         print(f"ppow-train: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

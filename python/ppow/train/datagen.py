@@ -1,0 +1,218 @@
+"""`ppow-train data` through the C++ engine: batched target generation with hidden-state capture.
+
+The engine (`ppow._core.DataGen`, cpp/datagen.cpp) keeps `n_parallel` sequences in flight in one
+llama_decode and hands back each finished sequence: its tokens, the target's argmax and top-k
+(full softmax) at every generated position, and the target's hidden states at `layers` (bf16) at
+every position, prompt included. Here they are grouped into shards in completion order and written
+atomically, so a killed run loses at most the sequences of the unwritten shard and resumes without
+redoing any prompt that reached a shard. RAM holds one shard at a time.
+
+Cache layout (a superset of cache.py's; the KD/PPOW stages read it the same way):
+  meta.json                   target identity (sha256), layers, template, top-k, settings, shard list
+  shard_NNNNN.safetensors     tokens, greedy, topk_ids, topk_probs, seq_len, prompt_len (as cache.py),
+                              scored uint8 [N] (1 where the target's logits were computed; prompt rows
+                              carry their next prompt token as a one-hot label), hidden bf16 [N, L, H]
+  shard_NNNNN.json            per sequence: prompt index, category, id, stop reason
+"""
+
+import json
+import os
+import time
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from .cache import META, TargetMismatch, shard_name
+
+FORMAT_VERSION = 2
+
+
+def default_layers(n_layer):
+    """EAGLE-3's choice of target layers: low, middle and high (hidden_states[2], [n/2], [n-3])."""
+    return [min(2, n_layer - 1), n_layer // 2, max(n_layer - 3, 1)]
+
+
+def parse_layers(text, n_layer):
+    if text in (None, "", "auto"):
+        return default_layers(n_layer)
+    try:
+        layers = [int(x) for x in str(text).split(",")]
+    except ValueError:
+        raise ValueError(f"--layers must be comma-separated integers, got {text!r}") from None
+    bad = [k for k in layers if not 0 <= k < n_layer]
+    if bad:
+        raise ValueError(f"--layers {bad} out of range: this target has hidden_states[0..{n_layer - 1}] on every "
+                         f"row ({n_layer} layers; 0 = input embeddings)")
+    return layers
+
+
+def _check_resume(meta_path, identity, settings):
+    """An existing cache must be for this target, these layers and these settings."""
+    with open(meta_path) as f:
+        old = json.load(f)
+    if old.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{os.path.dirname(meta_path)} holds a cache of format {old.get('version')}, not "
+                         f"{FORMAT_VERSION}: use another output dir")
+    if old["target"]["sha256"] != identity:
+        raise TargetMismatch(f"{os.path.dirname(meta_path)} was made for another target (sha256 "
+                             f"{old['target']['sha256'][:16]}...); refusing to extend it")
+    if old["settings"].get("layers") != settings["layers"]:
+        raise ValueError(f"{os.path.dirname(meta_path)} holds features of layers {old['settings'].get('layers')}, "
+                         f"not {settings['layers']}: refusing to extend it (use another output dir)")
+    if old["settings"] != settings:
+        diff = {k: (old["settings"].get(k), v) for k, v in settings.items() if old["settings"].get(k) != v}
+        raise ValueError(f"{os.path.dirname(meta_path)} was made with other settings {diff} (cache, asked): "
+                         "use another output dir")
+    return old
+
+
+def _atomic_json(obj, path):
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def _write_shard(out_dir, number, records, prompts, n_layers, hidden_size):
+    """records: dicts from the engine. Writes shard tensors and side info atomically."""
+    cat = lambda k: np.concatenate([r[k] for r in records])  # noqa: E731
+    hidden = cat("hidden_bf16") if n_layers else np.zeros((0, 0, 0), np.uint16)
+    tensors = {
+        "tokens": torch.from_numpy(cat("tokens")),
+        "greedy": torch.from_numpy(cat("greedy")),
+        "topk_ids": torch.from_numpy(cat("topk_ids")),
+        "topk_probs": torch.from_numpy(cat("topk_probs")).to(torch.float16),
+        "scored": torch.from_numpy(cat("scored")),
+        "seq_len": torch.tensor([len(r["tokens"]) for r in records], dtype=torch.int32),
+        "prompt_len": torch.tensor([r["prompt_len"] for r in records], dtype=torch.int32),
+    }
+    if n_layers:
+        tensors["hidden"] = torch.from_numpy(hidden.reshape(-1, n_layers, hidden_size)).view(torch.bfloat16)
+    path = os.path.join(out_dir, shard_name(number))
+    save_file(tensors, path + ".safetensors.tmp")
+    side = dict(index=[int(r["index"]) for r in records],
+                category=[prompts[int(r["index"])].get("category", "all") for r in records],
+                id=[prompts[int(r["index"])].get("id", "") for r in records],
+                stop=[r["stop"] for r in records])
+    summary = dict(file=shard_name(number) + ".safetensors", sequences=len(records),
+                   positions=int(tensors["tokens"].numel()),
+                   new_tokens=int(sum(len(r["tokens"]) - r["prompt_len"] for r in records)))
+    # The json goes last: a shard counts as written once both files exist.
+    os.replace(path + ".safetensors.tmp", path + ".safetensors")
+    _atomic_json(dict(summary=summary, **side), path + ".json")
+    return summary
+
+
+def _finished_shards(out_dir):
+    """(number, side json) of every completely written shard; stray temporary files are removed."""
+    done = []
+    for name in sorted(os.listdir(out_dir)):
+        if name.endswith(".tmp"):
+            os.remove(os.path.join(out_dir, name))
+        elif name.startswith("shard_") and name.endswith(".json"):
+            st = os.path.join(out_dir, name[:-5] + ".safetensors")
+            if os.path.exists(st):
+                with open(os.path.join(out_dir, name)) as f:
+                    done.append((int(name[6:11]), json.load(f)))
+    return done
+
+
+def build_engine_cache(target_path, out_dir, prompts, *, template="raw", max_new=64, prompt_tail=64, topk=16,
+                       layers=None, n_parallel=16, threads=0, temp=0.0, seed=0, shard_size=64, identity=None,
+                       progress=True, log=print):
+    """Generate from `prompts` (list of {text, category, id}) with the GGUF target and cache it.
+
+    Returns the summary dict `ppow-train data` prints. Resumable (see the module docstring).
+    """
+    from ppow import _core
+    from ppow.errors import PpowError
+
+    from .data import sha256_of
+
+    if n_parallel < 1 or n_parallel > 256:
+        raise ValueError(f"--n-parallel must be in [1, 256], got {n_parallel}")
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
+    if max_new < 0 or topk < 1:
+        raise ValueError("--max-new must be >= 0 and --topk >= 1")
+    if not os.path.isfile(target_path):
+        raise PpowError(f"target model not found: {target_path}")
+    identity = identity or sha256_of(target_path)
+    os.makedirs(out_dir, exist_ok=True)
+
+    ctx_per_seq = 1 + prompt_tail + max_new + 1
+    mp = _core.ModelParams()
+    mp.path, mp.n_threads, mp.n_parallel = target_path, threads, n_parallel
+    mp.n_ctx, mp.n_batch, mp.batch_invariant = n_parallel * ctx_per_seq + 256, 512, False
+    try:
+        gen = _core.DataGen(mp)
+    except _core.EngineError as e:
+        raise PpowError(str(e)) from None
+    layers = [] if layers == [] else parse_layers(
+        ",".join(map(str, layers)) if isinstance(layers, (list, tuple)) else layers, gen.n_layer)
+    settings = dict(template=template, max_new=max_new, prompt_tail=prompt_tail, topk=topk, layers=layers,
+                    temp=temp, seed=seed, n_prompts=len(prompts))
+    meta_path = os.path.join(out_dir, META)
+    if os.path.exists(meta_path):
+        _check_resume(meta_path, identity, settings)
+    meta = dict(version=FORMAT_VERSION, complete=False, settings=settings,
+                target=dict(sha256=identity, path=os.path.abspath(target_path), vocab_size=gen.n_vocab,
+                            n_layer=gen.n_layer, hidden_size=gen.n_embd, bos=gen.bos, eos=None, unk=None, pad=None),
+                shards=[])
+    _atomic_json(meta, meta_path)
+
+    done = _finished_shards(out_dir)
+    done_idx = {i for _, side in done for i in side["index"]}
+    next_shard = 1 + max((n for n, _ in done), default=-1)
+    todo = [i for i in range(len(prompts)) if i not in done_idx]
+
+    def prompt_ids(text):
+        ids = gen.tokenize(text, True)
+        bos = ids[:1] if ids and ids[0] == gen.bos else []
+        body = ids[len(bos):]
+        return bos + (body[-prompt_tail:] if prompt_tail and len(body) > prompt_tail else body)
+
+    todo_ids = [prompt_ids(prompts[i]["text"]) for i in todo]
+    params = _core.DataGenParams()
+    params.max_new, params.topk, params.temp, params.seed, params.layers = max_new, topk, temp, seed, layers
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(prompts), initial=len(done_idx), desc="data", unit="seq", disable=not progress)
+    pending, written = [], []
+    H, L = gen.n_embd, len(layers)
+
+    def on_done(rec):
+        nonlocal next_shard
+        pending.append(rec)
+        bar.update(1)
+        if len(pending) >= shard_size:
+            written.append(_write_shard(out_dir, next_shard, pending, prompts, L, H))
+            next_shard += 1
+            pending.clear()
+
+    t0 = time.time()
+    try:
+        stats = gen.run(todo_ids, params, ctx_per_seq, on_done, todo) if todo_ids else dict(t_decode_ms=0.0)
+    except _core.EngineError as e:
+        raise PpowError(str(e)) from None
+    if pending:
+        written.append(_write_shard(out_dir, next_shard, pending, prompts, L, H))
+        pending.clear()
+    seconds = time.time() - t0
+    bar.close()
+
+    all_done = sorted(_finished_shards(out_dir), key=lambda x: x[0])
+    meta["shards"] = [side["summary"] for _, side in all_done]
+    meta["complete"] = sum(s["sequences"] for s in meta["shards"]) == len(prompts)
+    _atomic_json(meta, meta_path)
+    new_this_run = sum(s["new_tokens"] for s in written)
+    disk = sum(os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir))
+    return dict(out=out_dir, engine="ppow", sequences=sum(s["sequences"] for s in meta["shards"]),
+                positions=sum(s["positions"] for s in meta["shards"]),
+                new_tokens=sum(s["new_tokens"] for s in meta["shards"]),
+                sequences_this_run=sum(s["sequences"] for s in written), new_tokens_this_run=new_this_run,
+                resumed_sequences=len(done_idx), seconds=round(seconds, 2),
+                new_tokens_per_second=round(new_this_run / seconds, 1) if seconds > 0 else 0.0,
+                decode_seconds=round(stats["t_decode_ms"] / 1000, 2), n_parallel=n_parallel, layers=layers,
+                topk=topk, disk_bytes=disk, complete=meta["complete"])
