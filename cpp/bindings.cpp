@@ -52,6 +52,8 @@ static nb::dict stats_dict(const Stats & s) {
     d["accepted_at"] = s.accepted_at;
     d["t_draft_ms"] = s.t_draft_ms;
     d["t_draft_forward_ms"] = s.t_draft_fwd_ms;
+    d["t_draft_catchup_ms"] = s.t_catchup_ms;
+    d["n_draft_catchup"] = s.n_catchup;
     d["t_verify_ms"] = s.t_verify_ms;
     d["t_sample_ms"] = s.t_sample_ms;
     d["t_total_ms"] = s.t_total_ms;
@@ -104,7 +106,8 @@ NB_MODULE(_core, m) {
         .def_rw("n_batch", &ModelParams::n_batch)
         .def_rw("n_threads", &ModelParams::n_threads)
         .def_rw("batch_invariant", &ModelParams::batch_invariant)
-        .def_rw("n_parallel", &ModelParams::n_parallel);
+        .def_rw("n_parallel", &ModelParams::n_parallel)
+        .def_rw("kind", &ModelParams::kind);
 
     nb::class_<DataGenParams>(m, "DataGenParams")
         .def(nb::init<>())

@@ -20,6 +20,13 @@ void FeatureCapture::set_layers(const std::vector<int> & layers) {
     seen_.assign(layers_.size(), 0);
 }
 
+void FeatureCapture::set_nodes(const std::vector<std::string> & names) {
+    names_ = names;
+    layers_.assign(names.size(), -1);
+    buf_.assign(names.size(), {});
+    seen_.assign(names.size(), 0);
+}
+
 void FeatureCapture::clear() {
     for (auto & b : buf_) b.clear();
 }
@@ -44,21 +51,16 @@ void FeatureCapture::end_ubatch() {
         }
         const int want = layers_[i] == n_layer_ ? ub_out_ : ub_rows_;
         if (want == 0) continue;  // final-norm rows exist only for rows with logits
+        if (layers_[i] < 0) throw Error("graph node '" + names_[i] + "' was not produced by this model's graph");
         throw Error("hidden-state layer " + std::to_string(layers_[i]) + " (graph node '" + names_[i] +
                     "') was not produced by this model's graph: this architecture names its layers differently");
     }
 }
 
-int FeatureCapture::slot_of(const char * name, bool & embd_fallback) const {
-    embd_fallback = false;
-    for (size_t i = 0; i < names_.size(); ++i) {
-        if (names_[i] == name) return (int) i;
-        if (layers_[i] == 0 && std::strcmp(name, "embd") == 0) {
-            embd_fallback = true;
-            return (int) i;
-        }
-    }
-    return -1;
+bool FeatureCapture::wanted(const char * name) const {
+    for (size_t i = 0; i < names_.size(); ++i)
+        if (names_[i] == name || (layers_[i] == 0 && std::strcmp(name, "embd") == 0)) return true;
+    return false;
 }
 
 void FeatureCapture::take(int slot, bool embd_fallback, const ggml_tensor * t) {
@@ -91,10 +93,18 @@ void FeatureCapture::take(int slot, bool embd_fallback, const ggml_tensor * t) {
 bool FeatureCapture::eval_callback(ggml_tensor * t, bool ask, void * user_data) {
     auto * self = static_cast<FeatureCapture *>(user_data);
     if (!self->in_ubatch_ || self->layers_.empty()) return ask ? false : true;
-    bool fallback = false;
-    const int slot = self->slot_of(ggml_get_name(t), fallback);
-    if (ask) return slot >= 0;
-    if (slot >= 0) self->take(slot, fallback, t);
+    const char * name = ggml_get_name(t);
+    if (ask) return self->wanted(name);
+    // Every slot asking for this node (a layer may be requested twice, as eagle3 drafters may).
+    bool fallback_taken = false;
+    for (size_t i = 0; i < self->names_.size(); ++i) {
+        if (self->names_[i] == name) {
+            self->take((int) i, false, t);
+        } else if (self->layers_[i] == 0 && std::strcmp(name, "embd") == 0 && !fallback_taken) {
+            self->take((int) i, true, t);  // one copy, used by every k = 0 slot in end_ubatch()
+            fallback_taken = true;
+        }
+    }
     return true;  // false would stop the graph computation
 }
 

@@ -24,6 +24,8 @@ public:
     // Layers to capture from now on (empty: capture nothing, the callback asks for no node).
     // Throws Error for an index outside [0, n_layer].
     void set_layers(const std::vector<int> & layers);
+    // Or graph nodes by name, every row (a drafter's own states: `fc_out`, `eagle3_prenorm-0`).
+    void set_nodes(const std::vector<std::string> & names);
     const std::vector<int> & layers() const { return layers_; }
     bool active() const { return !layers_.empty(); }
     int n_embd() const { return n_embd_; }
@@ -44,11 +46,11 @@ public:
     static bool eval_callback(ggml_tensor * t, bool ask, void * user_data);
 
 private:
-    int slot_of(const char * name, bool & embd_fallback) const;
+    bool wanted(const char * name) const;
     void take(int slot, bool embd_fallback, const ggml_tensor * t);
 
     int n_layer_, n_embd_;
-    std::vector<int> layers_;
+    std::vector<int> layers_;              // requested layer per slot (-1: a node asked for by name)
     std::vector<std::string> names_;       // graph node name per requested layer
     std::vector<std::vector<float>> buf_;  // per requested layer, rows x n_embd
     std::vector<float> embd_fallback_;     // `embd` rows of this ubatch, used when no `inp_scaled` came

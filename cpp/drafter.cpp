@@ -45,6 +45,15 @@ ModelDrafter::ModelDrafter(const ModelParams & params, const llama_vocab * tv) :
         if (x < 0) x = unk;
 }
 
+double ModelDrafter::time_step() {
+    const int base = (int) model_.cached().size();
+    if (base + 1 > model_.n_ctx()) return 0.0;
+    const llama_token tok = 0;
+    const double ms = model_.decode(&tok, 1, 1);
+    model_.truncate(base);
+    return ms;
+}
+
 void ModelDrafter::draft(const DraftRequest & req, DraftResult & out, Rng & rng) {
     out.clear();
     const auto & hist = *req.history;

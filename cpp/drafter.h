@@ -1,12 +1,13 @@
-// drafter.h - what the engine asks of a drafter, and the one kind we have today: a small GGUF
-// language model sharing the target's vocabulary (optionally a reduced draft vocabulary).
-// A second kind (EAGLE-style drafters fed with the target's hidden states) implements the same
-// interface; the engine only sees Drafter.
+// drafter.h - what the engine asks of a drafter, and its two kinds: ModelDrafter, a small GGUF
+// language model sharing the target's vocabulary (optionally a reduced draft vocabulary), and
+// FeatureDrafter (feature_drafter.h), an EAGLE-3 drafter fed with the target's hidden states.
+// The engine only sees Drafter.
 #pragma once
 
 #include "model.h"
 #include "sampling.h"
 
+#include <climits>
 #include <functional>
 #include <memory>
 #include <vector>
@@ -27,9 +28,16 @@ struct DraftResult {
     std::vector<llama_token> tokens;
     std::vector<float> confidence;  // drafter probability of each kept token
     std::vector<Dist> dists;        // sampling mode: the drafter's distribution q per position
-    double t_forward_ms = 0.0;      // drafter forward passes only
+    double t_forward_ms = 0.0;      // drafter forward passes only (catch-up included)
     int n_forward = 0;              // single-token forward passes (the per-token cost unit)
-    void clear() { tokens.clear(); confidence.clear(); t_forward_ms = 0.0; n_forward = 0; }
+    double t_catchup_ms = 0.0;      // part of t_forward_ms: bringing the drafter up to the history
+    int n_catchup = 0;              // committed positions it took in for that
+    void clear() {
+        tokens.clear();
+        confidence.clear();
+        t_forward_ms = t_catchup_ms = 0.0;
+        n_forward = n_catchup = 0;
+    }
 };
 
 class Drafter {
@@ -37,6 +45,23 @@ public:
     virtual ~Drafter() = default;
     virtual void draft(const DraftRequest & req, DraftResult & out, Rng & rng) = 0;
     virtual const char * kind() const = 0;
+    virtual LlamaModel & model() = 0;  // its own context (calibration, cancel)
+    // Time of one single-token draft step (for the cost model), leaving the drafter as it was.
+    virtual double time_step() = 0;
+
+    // Feature drafters read the target's hidden states at these layers (capture.h numbering) of
+    // every committed position; the engine captures them on every target decode.
+    virtual const std::vector<int> & target_layers() const {
+        static const std::vector<int> none;
+        return none;
+    }
+    // Leading positions whose target features the drafter holds: a new generation may reuse no
+    // more of the target's cache than this.
+    virtual int features_through() const { return INT_MAX; }
+    // A new generation keeps the first `keep` positions of the target's cache.
+    virtual void begin(int keep) { (void) keep; }
+    // The target committed positions pos0..pos0+n-1; their features are the capture's first n rows.
+    virtual void add_features(int pos0, int n, const FeatureCapture & cap) { (void) pos0, (void) n, (void) cap; }
 };
 
 // A small causal LM in GGUF. If the file carries `ppow.draft_vocab.d2t`, its vocabulary is a subset
@@ -49,7 +74,8 @@ public:
     const char * kind() const override { return "model"; }
     int n_draft_vocab() const { return model_.n_vocab(); }
     bool reduced_vocab() const { return !d2t_.empty(); }
-    LlamaModel & model() { return model_; }
+    LlamaModel & model() override { return model_; }
+    double time_step() override;
 
 private:
     llama_token to_draft(llama_token t) const { return d2t_.empty() ? t : t2d_[t]; }

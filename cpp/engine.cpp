@@ -1,5 +1,7 @@
 #include "engine.h"
 
+#include "feature_drafter.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -11,7 +13,15 @@ Engine::Engine(const ModelParams & target, const std::optional<ModelParams> & dr
         ModelParams dp = *drafter;
         dp.n_ctx = target_.n_ctx();  // the drafter follows the same history
         dp.batch_invariant = false;  // its logits only shape proposals, never the output
-        drafter_ = std::make_unique<ModelDrafter>(dp, target_.vocab());
+        if (dp.kind != "auto" && dp.kind != "model" && dp.kind != "feature")
+            throw Error("drafter kind must be auto, model or feature, got '" + dp.kind + "'");
+        const bool feature = FeatureDrafter::is_feature_drafter(dp.path);
+        if (dp.kind == "model" && feature)
+            throw Error("drafter " + dp.path + " is an eagle3 feature drafter, not a model drafter");
+        if (dp.kind == "feature" || feature)
+            drafter_ = std::make_unique<FeatureDrafter>(dp, target_);
+        else
+            drafter_ = std::make_unique<ModelDrafter>(dp, target_.vocab());
         drafter_->model().set_abort_flag(&cancel_flag_);
     }
     q_dense_.resize(target_.n_vocab());
@@ -77,18 +87,12 @@ void Engine::calibrate(int k_max) {
         costs_.set_verify_cost(n, median_ms(t));
     }
     if (drafter_) {
-        LlamaModel & dm = drafter_->model();
-        const int dbase = (int) dm.cached().size();
-        if (dbase + 1 <= dm.n_ctx()) {
-            const llama_token tok = 0;
-            std::vector<double> t;
-            for (int rep = 0; rep < 4; ++rep) {
-                const double ms = dm.decode(&tok, 1, 1);
-                dm.truncate(dbase);
-                if (rep > 0) t.push_back(ms);
-            }
-            costs_.observe_draft_token(median_ms(t));
+        std::vector<double> t;
+        for (int rep = 0; rep < 4; ++rep) {
+            const double ms = drafter_->time_step();
+            if (rep > 0 && ms > 0.0) t.push_back(ms);
         }
+        if (!t.empty()) costs_.observe_draft_token(median_ms(t));
     }
 }
 
@@ -220,14 +224,27 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
     const bool speculate = drafter_ && gp.use_drafter && gp.draft_max > 0;
     const int nv = target_.n_vocab();
 
+    // A feature drafter reads the target's hidden states of every committed position.
+    FeatureCapture & cap = target_.capture();
+    const bool feed = drafter_ && !drafter_->target_layers().empty();
+    struct Off {
+        FeatureCapture & c;
+        ~Off() { c.set_layers({}); }
+    } capture_off{cap};
+    if (feed) cap.set_layers(drafter_->target_layers());
+
     double t_loop = now_ms();
     try {
         // Prompt: everything but the newest token goes into the target's cache now (reusing a
         // cached prefix from the last call); the newest token opens the first verify batch.
         const double t0 = now_ms();
-        const int keep = target_.common_prefix(prompt, 1);
+        int keep = target_.common_prefix(prompt, 1);
+        if (drafter_) keep = std::min(keep, drafter_->features_through());
         target_.truncate(keep);
+        if (drafter_) drafter_->begin(keep);
+        cap.clear();
         target_.decode(prompt.data() + keep, (int) prompt.size() - 1 - keep, 0);
+        if (feed) drafter_->add_features(keep, (int) prompt.size() - 1 - keep, cap);
         // The auto policy's one-off cost calibration belongs to set-up, not to generation speed.
         if (speculate && gp.policy == DraftPolicy::Auto && !costs_.has_verify_costs()) calibrate(gp.draft_max);
         st.n_prompt = (int) prompt.size();
@@ -272,6 +289,8 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
                 drafter_->draft(req, draft_, rng_);
                 st.t_draft_ms += now_ms() - td0;
                 st.t_draft_fwd_ms += draft_.t_forward_ms;
+                st.t_catchup_ms += draft_.t_catchup_ms;
+                st.n_catchup += draft_.n_catchup;
                 if (draft_.n_forward > 0) costs_.observe_draft_token(draft_.t_forward_ms / draft_.n_forward);
                 if ((int) draft_.tokens.size() < std::max(gp.draft_min, 1)) draft_.tokens.clear();
             }
@@ -286,6 +305,8 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
             int a = 0, chunk0 = 0, chunk_n = 0;
             llama_token bonus = -1;
             double ts = 0.0;
+            const int n_hist0 = (int) hist.size();
+            cap.clear();
             for (int i = 0; i <= m; ++i) {
                 if (i == chunk0 + chunk_n) {
                     chunk0 = i;
@@ -346,6 +367,8 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
             for (int i = 0; i < a && go; ++i) go = commit(draft_.tokens[i], gp, res, hist, text, emitted, on_text);
             if (go) go = commit(bonus, gp, res, hist, text, emitted, on_text);
             target_.truncate((int) hist.size() - 1);
+            // The verify batch's first rows are the positions just committed (newest token excluded).
+            if (feed) drafter_->add_features(n_hist0 - 1, (int) hist.size() - n_hist0, cap);
 
             if (probe) {
                 const double rate = (a + 1) / (now_ms() - t_step);

@@ -37,6 +37,8 @@ struct Stats {
     std::vector<int> drafted_at, accepted_at;  // per window position
     double t_draft_ms = 0.0;      // drafter, forward passes and its host work
     double t_draft_fwd_ms = 0.0;  // drafter forward passes only
+    double t_catchup_ms = 0.0;    // part of them: feature drafters taking in committed positions
+    int n_catchup = 0;
     double t_verify_ms = 0.0;     // target forward passes
     double t_sample_ms = 0.0;     // argmax / sampling / acceptance on the target's logits
     double t_total_ms = 0.0;      // generation loop, prompt excluded
@@ -102,7 +104,7 @@ private:
     int choose_window(const GenParams & gp, int k_cap, bool & probe);
 
     LlamaModel target_;
-    std::unique_ptr<ModelDrafter> drafter_;
+    std::unique_ptr<Drafter> drafter_;
     CostModel costs_;
     volatile bool cancel_flag_ = false;
     Rng rng_;

@@ -109,6 +109,7 @@ LlamaModel::LlamaModel(const ModelParams & p) : path_(p.path) {
     cp.swa_full = true;
     // The capture asks for no graph node until layers are requested, so an idle capture leaves the
     // scheduler's work as it was (logits bit-identical with and without it: tests/test_capture.py).
+    cp.ctx_other = p.ctx_other;  // an eagle3 drafter borrows the target's token embeddings
     cp.cb_eval = FeatureCapture::eval_callback;
     cp.cb_eval_user_data = capture_.get();
     ctx_ = llama_init_from_model(model_, cp);
@@ -232,6 +233,63 @@ std::vector<int32_t> gguf_int_array(const std::string & path, const char * key) 
         }
     }
     gguf_free(g);
+    return out;
+}
+
+GgufMeta::GgufMeta(const std::string & path) : path_(path) {
+    gguf_init_params ip = {/*no_alloc*/ true, /*ctx*/ nullptr};
+    g_ = gguf_init_from_file(path.c_str(), ip);
+    if (!g_) throw Error("cannot read GGUF metadata of " + path);
+}
+
+GgufMeta::~GgufMeta() { gguf_free(g_); }
+
+bool GgufMeta::has(const char * key) const { return gguf_find_key(g_, key) >= 0; }
+
+std::string GgufMeta::str(const char * key) const {
+    const int64_t id = gguf_find_key(g_, key);
+    if (id < 0 || gguf_get_kv_type(g_, id) != GGUF_TYPE_STRING) return "";
+    return gguf_get_val_str(g_, id);
+}
+
+int64_t GgufMeta::integer(const char * key, int64_t dflt) const {
+    const int64_t id = gguf_find_key(g_, key);
+    if (id < 0) return dflt;
+    switch (gguf_get_kv_type(g_, id)) {
+        case GGUF_TYPE_UINT8: return gguf_get_val_u8(g_, id);
+        case GGUF_TYPE_INT8: return gguf_get_val_i8(g_, id);
+        case GGUF_TYPE_UINT16: return gguf_get_val_u16(g_, id);
+        case GGUF_TYPE_INT16: return gguf_get_val_i16(g_, id);
+        case GGUF_TYPE_UINT32: return gguf_get_val_u32(g_, id);
+        case GGUF_TYPE_INT32: return gguf_get_val_i32(g_, id);
+        case GGUF_TYPE_UINT64: return (int64_t) gguf_get_val_u64(g_, id);
+        case GGUF_TYPE_INT64: return gguf_get_val_i64(g_, id);
+        case GGUF_TYPE_BOOL: return gguf_get_val_bool(g_, id);
+        default: throw Error(std::string("GGUF key ") + key + " in " + path_ + " is not an integer");
+    }
+}
+
+std::vector<int64_t> GgufMeta::int_tensor(const char * name) const {
+    const int64_t id = gguf_find_tensor(g_, name);
+    if (id < 0) return {};
+    const enum ggml_type t = gguf_get_tensor_type(g_, id);
+    const size_t bytes = gguf_get_tensor_size(g_, id);
+    const size_t width = t == GGML_TYPE_I64 ? 8 : t == GGML_TYPE_I32 ? 4 : 0;
+    if (width == 0) throw Error(std::string("tensor ") + name + " in " + path_ + " is not an integer tensor");
+    std::ifstream f(path_, std::ios::binary);
+    f.seekg((std::streamoff) (gguf_get_data_offset(g_) + gguf_get_tensor_offset(g_, id)));
+    std::vector<char> raw(bytes);
+    f.read(raw.data(), (std::streamsize) bytes);
+    if (!f) throw Error(std::string("tensor ") + name + " in " + path_ + " is truncated");
+    std::vector<int64_t> out(bytes / width);
+    for (size_t i = 0; i < out.size(); ++i) {
+        if (width == 8) std::memcpy(&out[i], raw.data() + 8 * i, 8);
+        else {
+            int32_t v;
+            std::memcpy(&v, raw.data() + 4 * i, 4);
+            out[i] = v;
+        }
+    }
     return out;
 }
 

@@ -29,6 +29,10 @@ struct ModelParams {
     // Sequences the context holds at once (one unified KV cache): > 1 only for batched data
     // generation, where sequence ids 0..n_parallel-1 are driven directly through ctx().
     int n_parallel = 1;
+    // Drafters only: "auto" (from the file: eagle3 GGUFs are feature drafters), "model" or "feature".
+    std::string kind = "auto";
+    // A feature drafter's context borrows the target's token embeddings (llama.cpp's ctx_other).
+    llama_context * ctx_other = nullptr;
 };
 
 // Capture llama.cpp's log so a failed load can say why; silent unless PPOW_VERBOSE is set.
@@ -85,6 +89,23 @@ private:
 
 // Reads a GGUF file's integer array metadata (e.g. a draft-vocabulary map) without loading tensors.
 std::vector<int32_t> gguf_int_array(const std::string & path, const char * key);
+
+// A GGUF file's metadata, read without loading its tensors.
+class GgufMeta {
+public:
+    explicit GgufMeta(const std::string & path);
+    ~GgufMeta();
+    GgufMeta(const GgufMeta &) = delete;
+    GgufMeta & operator=(const GgufMeta &) = delete;
+    bool has(const char * key) const;
+    std::string str(const char * key) const;              // "" when missing
+    int64_t integer(const char * key, int64_t dflt) const; // any integer type; dflt when missing
+    // An I64 or I32 tensor's values (e.g. eagle3's d2t); empty when the tensor is missing.
+    std::vector<int64_t> int_tensor(const char * name) const;
+private:
+    std::string path_;
+    struct gguf_context * g_ = nullptr;
+};
 
 double now_ms();
 

@@ -2,6 +2,8 @@
 
   ppow-convert hf MODEL_DIR -o OUT.gguf [--outtype f32|f16|q8_0]
   ppow-convert drafter CKPT_DIR --tokenizer-from TARGET.gguf -o OUT.gguf [--outtype ...]
+      (a feature drafter from `ppow-train kd --drafter-kind feature` becomes a llama.cpp eagle3 GGUF;
+       --target is the same flag)
 
 Bad input prints one line `ppow-convert: error: ...` and exits with status 2.
 """
@@ -19,9 +21,11 @@ def build_parser():
     sub = p.add_subparsers(dest="cmd", required=True)
     hf = sub.add_parser("hf", help="HF Llama checkpoint dir (config.json, *.safetensors, tokenizer) -> GGUF")
     hf.add_argument("model_dir")
-    dr = sub.add_parser("drafter", help="trained drafter dir -> GGUF with the target's tokenizer")
+    dr = sub.add_parser("drafter", help="trained drafter dir -> GGUF paired with its target (standalone: llama "
+                                        "with the target's tokenizer; feature: llama.cpp eagle3)")
     dr.add_argument("ckpt_dir")
-    dr.add_argument("--tokenizer-from", required=True, metavar="TARGET.gguf", help="target GGUF to copy the vocabulary from")
+    dr.add_argument("--tokenizer-from", "--target", dest="tokenizer_from", required=True, metavar="TARGET.gguf",
+                    help="the target GGUF (vocabulary, hidden size; standalone: its tokenizer is copied)")
     for s in (hf, dr):
         s.add_argument("-o", "--output", required=True, metavar="OUT.gguf")
         s.add_argument("--outtype", default="f16", choices=list(OUTTYPES))

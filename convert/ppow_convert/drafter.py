@@ -13,6 +13,8 @@ write a self-consistent small-vocab model: `llama.vocab_size` = len(d2t), no tok
 the KV array `ppow.draft_vocab.d2t` (int32). The ppow runtime feeds draft ids (target ids
 mapped through the inverse of d2t) and maps the len(d2t) logits back to target ids with d2t;
 `ppow.target.n_vocab` records the target vocabulary size for a pairing check.
+
+Feature drafters (EAGLE-3, config model_type "ppow_eagle3") become llama.cpp `eagle3` GGUFs: eagle3.py.
 """
 import os
 
@@ -22,6 +24,7 @@ from ppow.gguf_keys import DRAFT_VOCAB_D2T as KEY_D2T
 from ppow.gguf_keys import DRAFT_VOCAB_UNK as KEY_UNK
 from ppow.gguf_keys import TARGET_N_VOCAB as KEY_TARGET_N_VOCAB
 
+from .eagle3 import convert_eagle3, is_feature_drafter
 from .errors import ConvertError
 from .gguf_io import OUTTYPES, add_weight, open_gguf, write_gguf
 from .hf_llama import add_llama_params, llama_tensors, load_config
@@ -58,6 +61,8 @@ def convert_drafter(ckpt_dir, target_gguf, out_path, outtype="f16"):
         raise ConvertError(f"unknown outtype {outtype!r} (choose from {', '.join(OUTTYPES)})")
     if not os.path.isdir(ckpt_dir):
         raise ConvertError(f"{ckpt_dir}: not a directory")
+    if is_feature_drafter(ckpt_dir):
+        return convert_eagle3(ckpt_dir, target_gguf, out_path, outtype)
     cfg = load_config(ckpt_dir)
     reader = open_gguf(target_gguf)
     n_target = token_count(reader, target_gguf)

@@ -36,6 +36,8 @@ class Stats:
     accepted_at: list
     t_draft_ms: float
     t_draft_forward_ms: float
+    t_draft_catchup_ms: float
+    n_draft_catchup: int
     t_verify_ms: float
     t_sample_ms: float
     t_total_ms: float
@@ -117,7 +119,11 @@ class Generator:
     """Speculative (or plain) generation from a GGUF target with an optional GGUF drafter.
 
     Generator(target, drafter=None, n_ctx=4096, n_batch=512, n_threads=0, n_gpu_layers=0,
-              n_gpu_layers_draft=None, batch_invariant=True, **generation_defaults)
+              n_gpu_layers_draft=None, batch_invariant=True, drafter_kind="auto", **generation_defaults)
+
+    drafter: a GGUF language model sharing the target's vocabulary (kind 'model'), or an EAGLE-3
+    drafter in llama.cpp's eagle3 format that reads the target's hidden states (kind 'feature');
+    drafter_kind='auto' picks the kind from the file, 'model'/'feature' insist on one.
 
     batch_invariant: on the CPU with several threads, decode every single target token as a
     two-row batch (one throw-away row) past ~192 tokens of context, so plain steps and verify
@@ -128,7 +134,7 @@ class Generator:
 
     def __init__(self, target, drafter=None, *, n_ctx: int = 4096, n_batch: int = 512, n_threads: int = 0,
                  n_gpu_layers: int = 0, n_gpu_layers_draft: int | None = None, batch_invariant: bool = True,
-                 **defaults):
+                 drafter_kind: str = "auto", **defaults):
         from ppow import _core
 
         unknown = set(defaults) - set(_GEN_KEYS)
@@ -151,6 +157,9 @@ class Generator:
         if drafter is not None:
             ngld = n_gpu_layers if n_gpu_layers_draft is None else n_gpu_layers_draft
             dp = model_params(_check_file(drafter, "drafter"), ngld)
+            if drafter_kind not in ("auto", "model", "feature"):
+                raise ValueError(f"drafter_kind must be 'auto', 'model' or 'feature', got {drafter_kind!r}")
+            dp.kind = drafter_kind
         try:
             self._engine = _core.Engine(tp, dp)
         except _core.EngineError as e:
@@ -182,6 +191,12 @@ class Generator:
     @property
     def has_drafter(self) -> bool:
         return self._live.has_drafter
+
+    @property
+    def drafter_kind(self) -> str:
+        """'model' (a standalone GGUF language model), 'feature' (an eagle3 drafter reading the
+        target's hidden states) or '' without a drafter."""
+        return self._live.drafter_kind
 
     @property
     def n_ctx(self) -> int:

@@ -1,8 +1,10 @@
 """Checkpoints: safetensors + JSON only (never pickle).
 
 A checkpoint dir:
-  config.json                  LlamaConfig of the drafter (what the converter and transformers read)
-  model.safetensors            weights with LlamaForCausalLM names
+  config.json                  the drafter's config: a LlamaConfig (standalone kind, what transformers
+                               reads) or model_type "ppow_eagle3" (feature kind, feature_model.py)
+  model.safetensors            weights (standalone: LlamaForCausalLM names; feature: feature_model.py's,
+                               without the target's embedding, which is borrowed)
   draft_vocab.safetensors      d2t, only with a reduced draft vocabulary
   ppow_train.json              provenance: stage, target sha256, step, args
   trainer_state.safetensors    optimizer tensors + RNG states           (resume only)
@@ -17,33 +19,79 @@ import shutil
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import feature_model as FM
 from . import model as M
 from .vocab import load_draft_vocab, save_draft_vocab
 
 
+def drafter_kind(ckpt_dir):
+    """"feature" for an EAGLE-3 feature drafter, else "standalone" (from config.json's model_type)."""
+    with open(os.path.join(ckpt_dir, "config.json")) as f:
+        return "feature" if json.load(f).get("model_type") == FM.MODEL_TYPE else "standalone"
+
+
+def save_config(model, path):
+    (FM if model.kind == "feature" else M).save_config(model.cfg, path)
+
+
 def save_weights(model, ckpt_dir):
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    if model.cfg["tie_word_embeddings"]:
+    if model.cfg.get("tie_word_embeddings"):
         sd.pop("lm_head.weight", None)  # as transformers saves tied models
     save_file(sd, os.path.join(ckpt_dir, "model.safetensors"), metadata={"format": "pt"})
 
 
-def load_drafter(ckpt_dir, target_vocab_size=None, device="cpu"):
-    """(model, vocab, info) from a checkpoint dir."""
-    cfg = M.load_config(os.path.join(ckpt_dir, "config.json"))
-    model = M.Drafter(cfg)
+def load_weights(model, ckpt_dir):
+    """Load a checkpoint's weights into a model of the same config (strict)."""
     sd = load_file(os.path.join(ckpt_dir, "model.safetensors"))
-    if cfg["tie_word_embeddings"]:
+    if model.cfg.get("tie_word_embeddings"):
         sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
-    model.load_state_dict(sd, strict=True)
-    info = {}
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{ckpt_dir}: weights do not fit the drafter's config: {str(e)[:300]}") from None
+
+
+def read_info(ckpt_dir):
     p = os.path.join(ckpt_dir, "ppow_train.json")
-    if os.path.exists(p):
-        with open(p) as f:
-            info = json.load(f)
+    if not os.path.exists(p):
+        return {}
+    with open(p) as f:
+        return json.load(f)
+
+
+def load_drafter(ckpt_dir, target_vocab_size=None, device="cpu", target=None):
+    """(model, vocab, info) from a checkpoint dir.
+
+    A feature drafter also needs its target's embedding matrix: `target` (a GGUF path, or the dict of
+    feature_model.read_target), else the target path recorded at training, checked by sha256.
+    """
+    info = read_info(ckpt_dir)
     tvs = target_vocab_size or info.get("target_vocab_size")
     vocab = load_draft_vocab(ckpt_dir, tvs)
+    if drafter_kind(ckpt_dir) == "feature":
+        model = FM.FeatureDrafter(FM.load_config(os.path.join(ckpt_dir, "config.json")))
+        load_weights(model, ckpt_dir)
+        model.set_d2t(vocab.d2t)
+        model.set_embeddings(_feature_target(target, info)["embed"])
+    else:
+        model = M.Drafter(M.load_config(os.path.join(ckpt_dir, "config.json")))
+        load_weights(model, ckpt_dir)
     return model.to(device), vocab, info
+
+
+def _feature_target(target, info):
+    if isinstance(target, dict):
+        return target
+    from .data import sha256_of
+
+    path = target or info.get("target_path")
+    if not path or not os.path.isfile(path):
+        raise ValueError(f"a feature drafter borrows its target's token embeddings: pass the target GGUF "
+                         f"(--target); the recorded one ({path}) is not there")
+    if info.get("target_sha256") and sha256_of(path) != info["target_sha256"]:
+        raise ValueError(f"{path} is not the target this drafter was trained for (sha256 differs)")
+    return FM.read_target(path)
 
 
 def _flatten_optimizer(opt):
@@ -76,7 +124,7 @@ def save_checkpoint(ckpt_dir, model, vocab, info, optimizer=None, step=None, ext
     if os.path.exists(tmp):
         shutil.rmtree(tmp)
     os.makedirs(tmp)
-    M.save_config(model.cfg, os.path.join(tmp, "config.json"))
+    save_config(model, os.path.join(tmp, "config.json"))
     save_weights(model, tmp)
     save_draft_vocab(vocab, tmp)
     with open(os.path.join(tmp, "ppow_train.json"), "w") as f:

@@ -3,6 +3,7 @@
   ppow-train data --target T.gguf --prompts train-prompts.jsonl --limit 2000 --max-new 64 -o runs/cache
   ppow-train data --target T.gguf --seed-prefixes 500 -o runs/cache-seed
   ppow-train kd   --cache runs/cache --target T.gguf --draft-vocab 32768 --init-embed target -o runs/kd
+  ppow-train kd   --cache runs/cache --target T.gguf --drafter-kind feature --ttt-steps 3 -o runs/eagle3
   ppow-train ppow --cache runs/cache --init runs/kd -o runs/ppow
   ppow-train eval --drafter runs/ppow --target T.gguf --prompts specbench-dev.jsonl --k 4,6,8 -o eval.json
 Multi-GPU: torchrun --nproc_per_node N -m ppow.train.cli kd ... (same flags).
@@ -80,21 +81,32 @@ def build_parser():
     k = sub.add_parser("kd", help="stage 1: token-level distillation (the baseline)")
     add_common_train(k)
     k.add_argument("--init", default=None, help="continue from a drafter checkpoint (fresh optimizer)")
-    k.add_argument("--hidden", type=int, default=256)
+    k.add_argument("--drafter-kind", choices=["standalone", "feature"], default=None,
+                   help="standalone: a small Llama over tokens (default); feature: EAGLE-3 on the target's hidden "
+                        "states (llama.cpp eagle3; needs a cache with 3 feature layers and --target)")
+    k.add_argument("--hidden", type=int, default=None, help="width (standalone default 256; feature: the target's)")
     k.add_argument("--layers", type=int, default=1)
     k.add_argument("--heads", type=int, default=4)
     k.add_argument("--kv-heads", type=int, default=0)
+    k.add_argument("--head-dim", type=int, default=0, help="0 = hidden / heads")
     k.add_argument("--intermediate", type=int, default=0, help="MLP width (default 3 x hidden)")
     k.add_argument("--max-positions", type=int, default=8192)
-    k.add_argument("--rope-theta", type=float, default=10000.0)
+    k.add_argument("--rope-theta", type=float, default=None, help="standalone default 1e4; feature: the target's")
     k.add_argument("--tie-embeddings", action="store_true")
-    k.add_argument("--draft-vocab", type=int, default=0, help="reduced draft vocabulary size (0 = the target's)")
+    k.add_argument("--draft-vocab", type=int, default=None,
+                   help="reduced draft vocabulary size (0 = the target's; default 0 standalone, 16384 feature)")
     k.add_argument("--init-embed", choices=["target", "random"], default="random")
     k.add_argument("--batch-size", type=int, default=16)
     k.add_argument("--chunk-len", type=int, default=128)
     k.add_argument("--ce-coef", type=float, default=1.0)
     k.add_argument("--kl-coef", type=float, default=1.0)
-    k.add_argument("--kd-positions", choices=["all", "continuation"], default="all")
+    k.add_argument("--kd-positions", choices=["all", "continuation"], default=None,
+                   help="labels from all rows or the target's generated (scored) rows only "
+                        "(default: all standalone, continuation feature)")
+    k.add_argument("--ttt-steps", type=int, default=3, help="feature: steps unrolled on the drafter's own states")
+    k.add_argument("--ttt-decay", type=float, default=0.8, help="feature: weight of step i's loss is decay**i")
+    k.add_argument("--norm-before-residual", action="store_true", help="feature: residual from the normed state")
+    k.add_argument("--norm-before-fc", action="store_true", help="feature: RMSNorm the target features before fc")
 
     p = sub.add_parser("ppow", help="stage 2: PPOW window-level policy optimisation")
     add_common_train(p)
@@ -134,7 +146,8 @@ def build_parser():
     e.add_argument("--drafter", required=True)
     e.add_argument("--cache", default=None, help="evaluate on a cached trajectory")
     e.add_argument("--prompts", default=None, help="or: fresh target continuations of these prompts")
-    e.add_argument("--target", default=None)
+    e.add_argument("--target", default=None, help="for --prompts; a feature drafter's embeddings (default: the "
+                                                  "target recorded at training)")
     e.add_argument("--backend", choices=["auto", "llama", "torch"], default="auto")
     e.add_argument("--limit", type=int, default=None)
     e.add_argument("--template", choices=sorted(TEMPLATES), default="raw", help="prompt template (ppow.templates)")
@@ -214,31 +227,59 @@ def _load_cache(args, expect=None):
     return Cache(args.cache, expect_target_sha256=expect)
 
 
+KIND_DEFAULTS = {"standalone": dict(hidden=256, rope_theta=10000.0, draft_vocab=0, kd_positions="all"),
+                 "feature": dict(hidden=None, rope_theta=None, draft_vocab=16384, kd_positions="continuation")}
+
+
+def _feature_target(args, cache, recorded=None):
+    """The target GGUF path of a feature drafter: --target, else the cache's (or the checkpoint's)
+    recorded one, checked against the cache's target identity."""
+    from .data import sha256_of
+
+    path = _target_path(args.target) if args.target else (cache.meta["target"].get("path") or recorded)
+    if not path or not os.path.isfile(path):
+        raise ValueError(f"a feature drafter borrows the target's token embeddings: pass --target (recorded: {path})")
+    if not args.target and sha256_of(path) != cache.meta["target"]["sha256"]:
+        raise ValueError(f"{path} is not the cache's target any more (sha256 differs): pass --target")
+    return os.path.abspath(path)
+
+
 def cmd_kd(args, rank, world, device):
     from . import checkpoint as C
-    from . import kd, loop
-    from .model import num_params, read_target_embeddings
+    from . import drafters, kd, loop
+    from .feature_model import read_target
+    from .model import num_params
 
     cache = _load_cache(args)
     tsha = cache.meta["target"]["sha256"]
-    if args.init:
-        model, vocab, info0 = C.load_drafter(loop.resolve_ckpt(args.init), cache.meta["target"]["vocab_size"])
+    init = loop.resolve_ckpt(args.init) if args.init else None
+    if init:
+        kind = C.drafter_kind(init)
+        if args.drafter_kind not in (None, kind):
+            raise ValueError(f"--init is a {kind} drafter, not --drafter-kind {args.drafter_kind}")
+        args.drafter_kind = kind
+    args.drafter_kind = args.drafter_kind or "standalone"
+    for k, v in KIND_DEFAULTS[args.drafter_kind].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    kind = drafters.get(args.drafter_kind)
+    tpath = _feature_target(args, cache) if kind.name == "feature" else (_target_path(args.target) if args.target else None)
+    if init:
+        target = read_target(tpath) if kind.name == "feature" else None
+        model, vocab, info0 = C.load_drafter(init, cache.meta["target"]["vocab_size"], target=target)
         if info0.get("target_sha256") not in (None, tsha):
             raise ValueError(f"--init drafter was trained for another target ({info0.get('target_sha256')[:16]}...)")
-        kept = None
+        extra = {}
     else:
         vocab = kd.build_vocab(cache, args.draft_vocab)
-        emb = None
-        if args.init_embed == "target":
-            if not args.target:
-                raise ValueError("--init-embed target needs --target")
-            emb = read_target_embeddings(_target_path(args.target))
-        model, kept = kd.build_drafter(cache, vocab, args, emb)
+        model, extra = kind.build(cache, vocab, args, tpath)
+    drafters.check_cache(model, cache)
     model.to(device)
-    info = dict(stage="kd", target_sha256=tsha, target_vocab_size=cache.meta["target"]["vocab_size"],
-                ctx_len=args.ctx_len, args=_args_dict(args), params=num_params(model), embed_variance_kept=kept)
+    info = dict(stage="kd", drafter_kind=kind.name, target_sha256=tsha, target_vocab_size=cache.meta["target"]["vocab_size"],
+                target_path=tpath, ctx_len=args.ctx_len, args=_args_dict(args), params=num_params(model), **extra)
     if rank == 0 and not args.quiet:
-        print(f"[kd] drafter {num_params(model) / 1e6:.2f}M params, vocab {vocab.size}, cache {len(cache)} positions")
+        print(f"[kd] {kind.name} drafter {num_params(model) / 1e6:.2f}M params, vocab {vocab.size}, "
+              f"cache {len(cache)} positions")
     if args.chunk_len > args.ctx_len > 0:
         args.chunk_len = args.ctx_len  # a chunk is the drafter's context window
     t0 = time.time()
@@ -255,17 +296,25 @@ def cmd_ppow(args, rank, world, device):
     cache = _load_cache(args)
     tsha = cache.meta["target"]["sha256"]
     init = loop.resolve_ckpt(args.init)
-    model, vocab, info0 = C.load_drafter(init, cache.meta["target"]["vocab_size"])
+    target = None
+    if C.drafter_kind(init) == "feature":  # read the borrowed embeddings once, for the drafter and its reference
+        from .feature_model import read_target
+
+        target = read_target(_feature_target(args, cache, C.read_info(init).get("target_path")))
+    model, vocab, info0 = C.load_drafter(init, cache.meta["target"]["vocab_size"], target=target)
     if info0.get("target_sha256") not in (None, tsha):
         raise ValueError("--init drafter was trained for another target than this cache's")
-    ref, _, _ = C.load_drafter(init, cache.meta["target"]["vocab_size"])
+    from .drafters import check_cache
+
+    check_cache(model, cache)
+    ref, _, _ = C.load_drafter(init, cache.meta["target"]["vocab_size"], target=target)
     ref.to(device).eval()
     for p_ in ref.parameters():
         p_.requires_grad_(False)
     model.to(device)
     if args.ctx_len is None:
         args.ctx_len = info0.get("ctx_len") or 128
-    info = dict(stage="ppow", target_sha256=tsha, target_vocab_size=cache.meta["target"]["vocab_size"],
+    info = dict(stage="ppow", drafter_kind=model.kind, target_path=info0.get("target_path"), target_sha256=tsha, target_vocab_size=cache.meta["target"]["vocab_size"],
                 ctx_len=args.ctx_len, init=os.path.abspath(init), cost=ppow.cost_from_args(args).to_dict(),
                 args=_args_dict(args))
     t0 = time.time()
@@ -286,39 +335,52 @@ def cmd_eval(args):
     from . import loop
     from .cache import Cache, build_cache
     from .data import load_target, read_prompts, sha256_of
+    from .drafters import check_cache
     from .evaluate import evaluate
     from .rewards import CostModel
 
     ckpt = loop.resolve_ckpt(args.drafter)
-    model, vocab, info = C.load_drafter(ckpt)
+    feature = C.drafter_kind(ckpt) == "feature"
+    info = C.read_info(ckpt)
+    # a feature drafter borrows its target's embeddings; by default the target it was trained with
+    tpath = _target_path(args.target) if (args.target or not feature) else info.get("target_path")
+    model, vocab, info = C.load_drafter(ckpt, target=tpath if feature else None)
     expect = None
     if args.cache:
         cache_dir = args.cache
         if args.target:
-            expect = sha256_of(_target_path(args.target))
+            expect = sha256_of(tpath)
     else:
         if not args.prompts:
             raise ValueError("eval needs --cache or --prompts (with --target)")
         import tempfile
 
-        path = _target_path(args.target)
         cache_dir = args.work_dir or tempfile.mkdtemp(prefix="ppow-eval-")
         prompts = read_prompts(args.prompts, args.limit, template=args.template)
         n_ctx = args.n_ctx or 2048
-        target = load_target(path, args.backend, n_ctx=n_ctx)
         tail = args.prompt_tail or (n_ctx - args.max_new - 8)  # whole prompt, unless it cannot fit
-        build_cache(target, cache_dir, prompts, max_new=args.max_new, prompt_tail=tail, topk=1,
-                    shard_size=256, target_path=os.path.abspath(path), progress=not args.quiet)
-        expect = target.identity
+        if feature:  # the target's features along its own continuations: the engine's data path
+            from .datagen import build_engine_cache
+
+            build_engine_cache(tpath, cache_dir, prompts, template=args.template, max_new=args.max_new,
+                               prompt_tail=tail, topk=1, layers=model.cfg["target_layers"], n_parallel=4,
+                               progress=not args.quiet)
+            expect = sha256_of(tpath)
+        else:
+            target = load_target(tpath, args.backend, n_ctx=n_ctx)
+            build_cache(target, cache_dir, prompts, max_new=args.max_new, prompt_tail=tail, topk=1,
+                        shard_size=256, target_path=os.path.abspath(tpath), progress=not args.quiet)
+            expect = target.identity
     cache = Cache(cache_dir, expect_target_sha256=expect)
     if info.get("target_sha256") not in (None, cache.meta["target"]["sha256"]):
         raise ValueError("the drafter was trained for another target than the evaluation target")
+    check_cache(model, cache)
     ctx = args.ctx_len if args.ctx_len is not None else (info.get("ctx_len") or 0)
     cost = CostModel.from_json(args.cost_profile) if args.cost_profile else CostModel.linear(
         args.target_ms_1, args.target_ms_per_token, args.draft_ms)
     ks = [int(x) for x in str(args.k).split(",") if x]
     t0 = time.time()
-    res = dict(drafter=os.path.abspath(ckpt), cache=os.path.abspath(cache_dir), ctx_len=ctx,
+    res = dict(drafter=os.path.abspath(ckpt), drafter_kind=model.kind, cache=os.path.abspath(cache_dir), ctx_len=ctx,
                sequences=len(cache.seq_len), target_sha256=cache.meta["target"]["sha256"],
                cost=cost.to_dict(), results=evaluate(model, vocab, cache, ks, ctx, cost, args.batch_size))
     res["seconds"] = round(time.time() - t0, 1)

@@ -2,7 +2,8 @@
 
 Protocol (meant to match the runtime's greedy loop): the target's prefill yields the first new token
 y0; from then on, each verify step the drafter greedily drafts k tokens from the current text (its last
-ctx_len tokens; 0 = all), the target verifies them, a tokens are accepted and the target adds its own
+ctx_len tokens; 0 = all; a feature drafter: its entries before the window on the target's features,
+then its own states, see drafters.py), the target verifies them, a tokens are accepted and the target adds its own
 token (the bonus), so the step yields a + 1 tokens. Under greedy verification the target's tokens after
 an accepted prefix are its greedy continuation, which the cache holds: replaying the cached trajectory is
 exactly running the target in the loop. Generation stops after the cached continuation (max_new
@@ -16,13 +17,14 @@ from collections import defaultdict
 
 import torch
 
-from . import model as M
+from . import drafters
 
 
 @torch.no_grad()
 def simulate(model, vocab, cache, k, ctx_len=0, batch_size=64, seqs=None):
     """Run the protocol for one window length k. Returns per-step records (seq, a, k_eff)."""
     model.eval()
+    kind = drafters.of(model)
     seqs = list(range(len(cache.seq_len))) if seqs is None else seqs
     # state per sequence: current position t (its last token is the newest accepted one) and end
     state = []
@@ -37,9 +39,9 @@ def simulate(model, vocab, cache, k, ctx_len=0, batch_size=64, seqs=None):
     while active:
         for b in range(0, len(active), batch_size):
             chunk = active[b:b + batch_size]
-            contexts = [vocab.to_draft_input(cache.context(t, ctx_len)) for _, t, _ in chunk]
+            contexts = kind.contexts(cache, vocab, [t for _, t, _ in chunk], ctx_len)
             kk = max(min(k, end - 1 - t) for _, t, end in chunk)
-            toks, _ = M.draft(model, contexts, kk, greedy=True)
+            toks, _ = kind.draft(model, contexts, kk, greedy=True)
             for row, st in enumerate(chunk):
                 s, t, end = st
                 k_eff = min(k, end - 1 - t)

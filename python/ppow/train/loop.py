@@ -64,8 +64,8 @@ def run(args, model, vocab, info, step_fn, stage, rank=0, world=1, device="cpu")
     if args.resume:
         src = ckpt if C.has_trainer_state(ckpt) else (ckpt + ".old" if C.has_trainer_state(ckpt + ".old") else None)
         if src is not None:
-            m2, _, old_info = C.load_drafter(src, info.get("target_vocab_size"))
-            model.load_state_dict(m2.state_dict())
+            C.load_weights(model, src)
+            old_info = C.read_info(src)
             start, _, _ = C.load_trainer_state(src, tr.opt)
             changed = {k: (old_info.get("args", {}).get(k), v) for k, v in info.get("args", {}).items()
                        if k not in ("resume", "stop_after", "steps", "out") and old_info.get("args", {}).get(k) != v}

@@ -169,6 +169,8 @@ class Backbone(nn.Module):
 
 
 class Drafter(nn.Module):
+    kind = "standalone"
+
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
@@ -307,6 +309,33 @@ def forward_windows(model, contexts, cont, pad_id=0):
     return logits
 
 
+def sample_loop(logits, step, k, greedy=True, temperature=1.0, generator=None, gather_ids=None):
+    """The drafting loop both drafter kinds share: logits [B,V] of the first draft position;
+    step(j, tokens [B]) feeds the j-th drafted token and returns the next position's logits [B,V].
+
+    Returns tokens [B,k], logp [B,k] (log-prob of each drafted token under softmax(logits/temperature)),
+    and q_at [B,k,K] = softmax(logits)[gather_ids[:, j]] when gather_ids [B,k,K] is given.
+    """
+    dev = logits.device
+    toks, logps, qs = [], [], []
+    for j in range(k):
+        lp = torch.log_softmax(logits / temperature, -1)
+        if greedy:
+            t = logits.argmax(-1)
+        else:
+            t = torch.multinomial(lp.exp().cpu(), 1, generator=generator).squeeze(1).to(dev)
+        toks.append(t)
+        logps.append(lp.gather(1, t[:, None]).squeeze(1))
+        if gather_ids is not None:
+            qs.append(torch.softmax(logits, -1).gather(1, gather_ids[:, j].to(dev)))
+        if j + 1 < k:
+            logits = step(j + 1, t)
+    out = (torch.stack(toks, 1).cpu(), torch.stack(logps, 1).cpu())
+    if gather_ids is not None:
+        out = out + (torch.stack(qs, 1).cpu(),)
+    return out
+
+
 @torch.no_grad()
 def draft(model, contexts, k, greedy=True, temperature=1.0, generator=None, gather_ids=None, pad_id=0):
     """Draft k tokens autoregressively for each context (KV cache, one batched pass per token).
@@ -317,24 +346,12 @@ def draft(model, contexts, k, greedy=True, temperature=1.0, generator=None, gath
     ids, mask = left_pad(contexts, pad_id)
     dev = next(model.parameters()).device
     ids, mask = ids.to(dev), mask.to(dev)
-    B = ids.shape[0]
-    toks, logps, qs = [], [], []
     logits, cache = model(ids, key_mask=mask, last_n=1)
-    for j in range(k):
-        lg = logits[:, -1]
-        lp = torch.log_softmax(lg / temperature, -1)
-        if greedy:
-            t = lg.argmax(-1)
-        else:
-            t = torch.multinomial(lp.exp().cpu(), 1, generator=generator).squeeze(1).to(dev)
-        toks.append(t)
-        logps.append(lp.gather(1, t[:, None]).squeeze(1))
-        if gather_ids is not None:
-            qs.append(torch.softmax(lg, -1).gather(1, gather_ids[:, j].to(dev)))
-        if j + 1 < k:
-            mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool, device=dev)], 1)
-            logits, cache = model(t[:, None], key_mask=mask, cache=cache)
-    out = (torch.stack(toks, 1).cpu(), torch.stack(logps, 1).cpu())
-    if gather_ids is not None:
-        out = out + (torch.stack(qs, 1).cpu(),)
-    return out
+    st = dict(mask=mask, cache=cache)
+
+    def step(j, t):
+        st["mask"] = torch.cat([st["mask"], torch.ones(len(t), 1, dtype=torch.bool, device=dev)], 1)
+        lg, st["cache"] = model(t[:, None], key_mask=st["mask"], cache=st["cache"])
+        return lg[:, -1]
+
+    return sample_loop(logits[:, -1], step, k, greedy, temperature, generator, gather_ids)

@@ -17,16 +17,16 @@ One step:
 
 import torch
 
-from . import model as M
+from . import drafters
 from . import rewards as R
 from . import windowing as W
 from .common import step_generator
 
 
-def window_data(cache, vocab, starts, K, ctx_len):
-    """Contexts (draft ids), trajectory tokens (draft labels, -100 outside the draft vocab) [B,K],
+def window_data(cache, vocab, starts, K, ctx_len, kind=drafters.STANDALONE):
+    """Contexts (kind.contexts), trajectory tokens (draft labels, -100 outside the draft vocab) [B,K],
     trajectory tokens as draft inputs [B,K], target top-k (draft ids, probs) [B,K,topk]."""
-    contexts = [vocab.to_draft_input(cache.context(int(t), ctx_len)) for t in starts]
+    contexts = kind.contexts(cache, vocab, starts, ctx_len)
     idx = starts[:, None] + torch.arange(K)[None, :]
     traj = cache.greedy[idx]
     p_ids, p = vocab.project_topk(cache.topk_ids[idx], cache.topk_probs[idx])
@@ -52,8 +52,9 @@ def choose_windows(model, cache, vocab, cand, args, cost):
     if not args.adaptive_window:
         return cand[:B], torch.full((len(cand[:B]),), args.k, dtype=torch.long), None
     K = args.k_max
-    contexts, traj, traj_in, p_ids, p = window_data(cache, vocab, cand, K, args.ctx_len)
-    q = torch.softmax(M.forward_windows(model, contexts, traj_in), -1).cpu()
+    kind = drafters.of(model)
+    contexts, traj, traj_in, p_ids, p = window_data(cache, vocab, cand, K, args.ctx_len, kind)
+    q = torch.softmax(kind.forward_windows(model, contexts, traj_in), -1).cpu()
     q_at = q.gather(-1, p_ids) * (p > 0)
     score = W.window_score(p, q_at, args.score_positions)
     sel = W.select_windows(score, args.window_keep, n_keep=min(B, len(cand)))
@@ -88,13 +89,14 @@ def rollout(model, cache, vocab, starts, k, args, cost, generator, target=None):
     """
     G = args.group_size
     K = int(k.max()) if not args.adaptive_window else args.k_max
-    contexts, traj, _, p_ids, p = window_data(cache, vocab, starts, K, args.ctx_len)
+    kind = drafters.of(model)
+    contexts, traj, _, p_ids, p = window_data(cache, vocab, starts, K, args.ctx_len, kind)
     ctx_g, traj_g, p_ids_g, p_g, k_g = (repeat_groups(x, G) for x in (contexts, traj, p_ids, p, k))
     exact = getattr(args, "exact_target", False)
     verify = getattr(args, "verify", "greedy")
     if verify == "sampled" and not exact:
         raise ValueError("--verify sampled needs --exact-target (accepted tokens may leave the cached trajectory)")
-    toks, logq, q_at = M.draft(model, ctx_g, K, greedy=False, temperature=args.temperature, generator=generator,
+    toks, logq, q_at = kind.draft(model, ctx_g, K, greedy=False, temperature=args.temperature, generator=generator,
                                gather_ids=p_ids_g)
     if exact:
         if target is None:
@@ -107,7 +109,7 @@ def rollout(model, cache, vocab, starts, k, args, cost, generator, target=None):
         p_g = torch.stack([r[2] for r in rows])
         p_draft = torch.stack([r[3] for r in rows])
         # drafter probabilities at the exact target's top-k (one teacher-forced pass over the drafts)
-        q_full = torch.softmax(M.forward_windows(model, ctx_g, toks), -1).cpu()
+        q_full = torch.softmax(kind.forward_windows(model, ctx_g, toks), -1).cpu()
         q_at = q_full.gather(-1, p_ids_g)
     q_at = q_at * (p_g > 0)  # out-of-draft-vocab target mass counts as unmatched
     if verify == "sampled":
@@ -168,6 +170,7 @@ def make_step_fn(model, ref, cache, vocab, args, rank=0, target=None):
     if len(all_starts) == 0:
         raise ValueError(f"the cache has no position with a verifiable {K0}-token window")
     dev = next(model.parameters()).device
+    fw = drafters.of(model).forward_windows
 
     def step_fn(tr, step):
         g = step_generator(args.seed, step, rank)
@@ -178,19 +181,19 @@ def make_step_fn(model, ref, cache, vocab, args, rank=0, target=None):
         model.train()
         toks, mask, adv = ro["toks"].to(dev), ro["mask"].to(dev), ro["adv"].to(dev)
         with torch.no_grad():
-            old_logits = M.forward_windows(model, ro["contexts"], toks)
+            old_logits = fw(model, ro["contexts"], toks)
             old_logp = torch.log_softmax(old_logits / args.temperature, -1).gather(-1, toks[..., None]).squeeze(-1)
-            ref_logits = M.forward_windows(ref, ro["contexts"], toks) if args.kl_coef > 0 else None
+            ref_logits = fw(ref, ro["contexts"], toks) if args.kl_coef > 0 else None
         metrics = {}
         for _ in range(args.ppo_epochs):
-            logits = M.forward_windows(tr.ddp, ro["contexts"], toks)
+            logits = fw(tr.ddp, ro["contexts"], toks)
             loss, metrics = ppo_loss(logits, old_logp, ref_logits, toks, adv, mask, args.clip, args.kl_coef,
                                      args.temperature)
             if args.kd_coef > 0:
                 # optional anchor: teacher-forced CE on the selected windows' trajectory
                 ctx = ro["contexts"][:: args.group_size]
                 traj = ro["traj"][:: args.group_size].to(dev)
-                tl = M.forward_windows(tr.ddp, ctx, traj.clamp_min(0))
+                tl = fw(tr.ddp, ctx, traj.clamp_min(0))
                 ce = torch.nn.functional.cross_entropy(tl.reshape(-1, tl.shape[-1]), traj.reshape(-1), ignore_index=-100)
                 loss = loss + args.kd_coef * ce
                 metrics["kd_ce"] = ce.detach()
