@@ -34,6 +34,16 @@ void CostModel::observe_draft_token(double ms) {
     td_known_ = true;
 }
 
+void CostModel::observe_catchup(double ms) {
+    tc_ = tc_known_ ? tc_ + kEma * (ms - tc_) : ms;
+    tc_known_ = true;
+}
+
+double CostModel::step_ms(int k, double expected) const {
+    if (!tc_known_) return verify_ms(k + 1) + k * td_;
+    return verify_ms(k + 1) + std::max(0, k - 1) * td_ + (1.0 + expected) * tc_;
+}
+
 double CostModel::verify_ms(int n) const {
     // Windows longer than the verify chunk are verified chunk by chunk (an upper bound: later
     // chunks are skipped after a rejection).
@@ -98,7 +108,7 @@ int CostModel::best_window(int k_cap, double * gain) const {
     for (int k = 1; k <= k_cap; ++k) {
         p_all *= accept_rate_pos(k - 1);
         expected += p_all;
-        const double rate = (1.0 + expected) / (verify_ms(k + 1) + k * draft_ms());
+        const double rate = (1.0 + expected) / step_ms(k, expected);
         if (rate > best) { best = rate; best_k = k; }
     }
     if (gain) *gain = best / plain;
@@ -108,14 +118,14 @@ int CostModel::best_window(int k_cap, double * gain) const {
 bool CostModel::speculation_can_pay(int k_cap) const {
     const double plain = 1.0 / std::max(1e-6, verify_ms(1));
     for (int k = 1; k <= k_cap; ++k)
-        if ((1.0 + k) / (verify_ms(k + 1) + k * draft_ms()) > plain) return true;
+        if ((1.0 + k) / step_ms(k, k) > plain) return true;
     return false;
 }
 
 bool CostModel::worth_adding(int j, double expected, double p_all, double a) const {
     // j tokens kept so far; compare windows of j and j+1 tokens.
-    const double now = (1.0 + expected) / (verify_ms(j + 1) + j * draft_ms());
-    const double next = (1.0 + expected + p_all * a) / (verify_ms(j + 2) + (j + 1) * draft_ms());
+    const double now = (1.0 + expected) / step_ms(j, expected);
+    const double next = (1.0 + expected + p_all * a) / step_ms(j + 1, expected + p_all * a);
     return next > now;
 }
 
@@ -130,8 +140,13 @@ std::string CostModel::to_json() const {
         first = false;
     }
     char buf[64];
-    std::snprintf(buf, sizeof buf, "}, \"draft_ms\": %.4f}", td_);
-    return s + buf;
+    std::snprintf(buf, sizeof buf, "}, \"draft_ms\": %.4f", td_);
+    s += buf;
+    if (tc_known_) {
+        std::snprintf(buf, sizeof buf, ", \"catchup_ms\": %.4f", tc_);
+        s += buf;
+    }
+    return s + "}";
 }
 
 }  // namespace ppow

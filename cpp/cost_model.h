@@ -1,7 +1,9 @@
 // cost_model.h - the numbers behind --draft-policy auto.
 //
 // A verify step that drafts k tokens costs  C(k) = Tv(k+1) + k*Td  (target forward over k+1
-// positions, k drafter forward passes) and yields 1 + E[accepted] tokens. Plain decoding yields
+// positions, k drafter forward passes) and yields 1 + E[accepted] tokens. A feature drafter also
+// takes every committed position in (its catch-up batch, whose last row is the first draft step):
+// C(k) = Tv(k+1) + (k-1)*Td + (1 + E[accepted])*Tc, Tc its cost per committed position. Plain decoding yields
 // 1 token per Tv(1). Tv is measured on this machine per batch size (calibrated once, then a moving
 // average of every verify); Td likewise. Acceptance is learned online, per drafter-confidence bucket
 // (for the token-by-token stop rule) and per window position (for the draft-or-not decision).
@@ -26,8 +28,12 @@ public:
     void set_verify_cost(int n, double ms);      // calibration (overwrites)
     void observe_verify(int n, double ms);       // moving average
     void observe_draft_token(double ms);
+    void observe_catchup(double ms_per_position);
     double verify_ms(int n) const;               // n >= 1; linear inter/extrapolation
     double draft_ms() const { return td_; }
+    double catchup_ms() const { return tc_; }
+    // C(k) for a window of k tokens of which `expected` are expected to be accepted.
+    double step_ms(int k, double expected) const;
     int max_measured() const { return (int) tv_.size() - 1; }
 
     // Acceptance statistics.
@@ -51,6 +57,8 @@ private:
     int chunk_ = 1 << 20;      // largest single verify batch
     double td_ = 0.0;
     bool td_known_ = false;
+    double tc_ = 0.0;          // feature drafters: ms per committed position taken in
+    bool tc_known_ = false;
     double conf_acc_[kBuckets] = {}, conf_n_[kBuckets] = {};
     std::vector<double> pos_acc_, pos_n_;
 };

@@ -291,7 +291,13 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
                 st.t_draft_fwd_ms += draft_.t_forward_ms;
                 st.t_catchup_ms += draft_.t_catchup_ms;
                 st.n_catchup += draft_.n_catchup;
-                if (draft_.n_forward > 0) costs_.observe_draft_token(draft_.t_forward_ms / draft_.n_forward);
+                if (draft_.n_catchup > 0) {  // feature drafter: catch-up apart from the draft steps after it
+                    costs_.observe_catchup(draft_.t_catchup_ms / draft_.n_catchup);
+                    if (draft_.n_forward > 1)
+                        costs_.observe_draft_token((draft_.t_forward_ms - draft_.t_catchup_ms) / (draft_.n_forward - 1));
+                } else if (draft_.n_forward > 0) {
+                    costs_.observe_draft_token(draft_.t_forward_ms / draft_.n_forward);
+                }
                 if ((int) draft_.tokens.size() < std::max(gp.draft_min, 1)) draft_.tokens.clear();
             }
             const int m = (int) draft_.tokens.size();

@@ -178,6 +178,10 @@ void FeatureDrafter::draft(const DraftRequest & req, DraftResult & out, Rng & rn
     const double t0 = now_ms();
     n_entries_ = std::min(n_entries_, n);  // position n's entry is (re)made now: its logits open the window
     drop_kv_from(n_entries_);
+    // After a long run of plain steps (or a long prompt) only the most recent positions enter: the
+    // drafter reads the target's features there, and the catch-up of a useless drafter's rare probe
+    // windows stays bounded. Older positions are left out of its cache (their RoPE positions keep the gap).
+    n_entries_ = std::max(n_entries_, n + 1 - kMaxCatchup);
     const int m = n + 1 - n_entries_;
     encode(n_entries_, m);
     decode(hist.data() + n_entries_ + 1, g_.data(), n_entries_, m);

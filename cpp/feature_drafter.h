@@ -16,6 +16,9 @@ namespace ppow {
 
 class FeatureDrafter : public Drafter {
 public:
+    // Most committed positions one catch-up batch takes in (see draft()).
+    static constexpr int kMaxCatchup = 256;
+
     // `target` must outlive the drafter (its context lends the token embeddings).
     FeatureDrafter(const ModelParams & params, LlamaModel & target);
     ~FeatureDrafter() override;
@@ -47,7 +50,7 @@ private:
     int h_target_ = 0, h_ = 0;
     std::vector<float> feats_;  // [n_feat_, 3 * h_target_]: target features of committed positions
     int n_feat_ = 0;
-    int n_entries_ = 0;         // KV entries made from target features: positions 0..n_entries_-1
+    int n_entries_ = 0;         // next position to enter from target features (earlier ones are in the KV or skipped)
     int n_kv_ = 0;              // entries in the KV, draft-fed ones included
     llama_batch enc_{}, dec_{};
     std::vector<float> g_, state_, lg_;

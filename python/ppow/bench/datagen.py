@@ -1,0 +1,108 @@
+"""Throughput of the data engine (`ppow-train data`) against ppow's plain single-sequence decoding.
+
+    python -m ppow.bench.datagen --prompts ../shared/data/train-prompts.jsonl --n 64 \
+        --n-parallel 1,8,16,32 --max-new 128 -o report/datagen.json
+
+Runs, in one process and one after the other on the same prompts: ppow plain decoding (a Generator,
+one sequence at a time, greedy, `--max-new` tokens each; tokens/s of generation as ppow-run reports
+it), then the data engine at each number of sequences in flight (features of three layers and
+top-k included, as `ppow-train data` writes them), then plain decoding again, so a drift of the
+machine shows. Generated tokens per second are wall-clock, prompt processing included for the data
+engine (it is part of making data) and excluded for plain decoding (as users read tokens/s).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+
+def plain_rate(target, prompts, max_new, threads):
+    import ppow
+
+    with ppow.Generator(target, n_ctx=1024, n_threads=threads) as g:
+        n = ms = 0.0
+        for p in prompts:
+            out = g.generate(p, n_predict=max_new, ignore_eos=True)
+            n += out.stats.n_generated
+            ms += out.stats.t_total_ms
+    return 1000.0 * n / ms
+
+
+def engine_rate(target, prompt_ids, n_parallel, max_new, topk, layers, threads):
+    from ppow import _core
+
+    mp = _core.ModelParams()
+    per = max(len(p) for p in prompt_ids) + max_new + 1
+    mp.path, mp.n_threads, mp.n_parallel, mp.batch_invariant = target, threads, n_parallel, False
+    mp.n_ctx, mp.n_batch = n_parallel * per + 256, 512
+    gen = _core.DataGen(mp)
+    params = _core.DataGenParams()
+    params.max_new, params.topk, params.layers = max_new, topk, layers
+    t0 = time.perf_counter()
+    st = gen.run(prompt_ids, params, per, lambda rec: None)
+    seconds = time.perf_counter() - t0
+    return dict(n_parallel=n_parallel, new_tokens=st["new_tokens"], positions=st["positions"], seconds=seconds,
+                tokens_per_second=st["new_tokens"] / seconds, decode_share=st["t_decode_ms"] / 1000 / seconds)
+
+
+def main(argv=None):
+    import ppow
+    from ppow.templates import TEMPLATES
+
+    from ..train.data import read_prompts
+    from ..train.datagen import default_layers
+
+    ap = argparse.ArgumentParser(prog="python -m ppow.bench.datagen", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--target", default=None, help="GGUF target (default: the packaged Gemma 3 270M)")
+    ap.add_argument("--prompts", required=True)
+    ap.add_argument("--template", choices=sorted(TEMPLATES), default="qa")
+    ap.add_argument("--n", type=int, default=64, help="prompts (the same ones for every system)")
+    ap.add_argument("--plain-n", type=int, default=16, help="prompts for plain decoding (each run, before and after)")
+    ap.add_argument("--n-parallel", default="1,8,16,32")
+    ap.add_argument("--max-new", type=int, default=128)
+    ap.add_argument("--prompt-tail", type=int, default=64)
+    ap.add_argument("--topk", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("-o", "--out", default=None, help="write the JSON report here too")
+    args = ap.parse_args(argv)
+
+    target = args.target or ppow.default_target()
+    prompts = [p["text"] for p in read_prompts(args.prompts, args.n, 0, args.template)]
+    with ppow.Generator(target, n_ctx=64, n_threads=1) as g:
+        n_layer = g.n_layer
+        bos = g._engine.bos
+        ids = []
+        for p in prompts:
+            t = g.tokenize(p)
+            head = t[:1] if t and t[0] == bos else []
+            ids.append(head + t[len(head):][-args.prompt_tail:])
+    layers = default_layers(n_layer)
+    rows = [dict(system="plain (before)", tokens_per_second=plain_rate(target, prompts[:args.plain_n], args.max_new,
+                                                                        args.threads))]
+    print(json.dumps(rows[-1]), flush=True)
+    for npar in (int(x) for x in args.n_parallel.split(",")):
+        rows.append(dict(system=f"data engine, {npar} in flight", **engine_rate(target, ids, npar, args.max_new,
+                                                                                   args.topk, layers, args.threads)))
+        print(json.dumps(rows[-1]), flush=True)
+    rows.append(dict(system="plain (after)", tokens_per_second=plain_rate(target, prompts[:args.plain_n], args.max_new,
+                                                                         args.threads)))
+    print(json.dumps(rows[-1]), flush=True)
+    plain = (rows[0]["tokens_per_second"] + rows[-1]["tokens_per_second"]) / 2
+    for r in rows:
+        r["vs_plain"] = r["tokens_per_second"] / plain
+    report = dict(machine=dict(cpu=platform.processor() or platform.machine(), python=platform.python_version()),
+                  settings=dict(vars(args), layers=layers, target=target), rows=rows)
+    print("| system | new tokens/s | vs plain |\n|---|---|---|")
+    for r in rows:
+        print(f"| {r['system']} | {r['tokens_per_second']:.1f} | {r['vs_plain']:.2f}x |")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
