@@ -99,7 +99,8 @@ def load_d2t(ckpt_dir, n_draft, n_target):
 def eagle3_tensors(tensors, cfg, ckpt_dir):
     """(gguf name, array, keep_f32) in file order; checks names and shapes llama.cpp will enforce."""
     H, Ht, hd = cfg["hidden_size"], cfg["target_hidden_size"], cfg["head_dim"]
-    nh, nkv, ff, Vd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["intermediate_size"], cfg["draft_vocab_size"]
+    nh, nkv, ff = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["intermediate_size"]
+    Vd = cfg["draft_vocab_size"]
     spec = [("fc.weight", "fc.weight", (H, 3 * Ht), True)]
     if cfg.get("norm_before_fc"):
         spec.append(("input_norm.weight", "enc.output_norm.weight", (3 * Ht,), True))

@@ -161,7 +161,14 @@ def llamacpp_systems(args, target, n_ctx, skipped, closers):
     if not args.drafter or not args.k:
         return systems
     spec = None
+    from ppow.gguf_keys import is_feature_drafter
+
     for name, path in args.drafter:
+        if is_feature_drafter(path):  # llama-cpp-python's draft_model runs token LMs only
+            for k in args.k:
+                skipped.append({"system": f"{kind} {name} k={k}",
+                                "reason": "llama-cpp-python has no feature-drafter (EAGLE-3) path"})
+            continue
         try:
             draft = GGUFDraftModel(path, n_ctx, args.threads, plain.n_vocab(), repack=args.peer_repack)
         except Exception as e:  # e.g. a drafter llama-cpp-python cannot load

@@ -167,12 +167,18 @@ def build_cache(target, out_dir, prompts=None, *, max_new=64, prompt_tail=64, to
 class Cache:
     """All shards of a cache dir in memory, with per-position bookkeeping for windows."""
 
-    def __init__(self, path, expect_target_sha256=None, max_shards=None):
+    def __init__(self, path, expect_target_sha256=None, max_shards=None, allow_incomplete=False):
         with open(os.path.join(path, META)) as f:
             self.meta = json.load(f)
         check_target(self.meta, expect_target_sha256)
         if not self.meta.get("complete"):
-            raise ValueError(f"{path}: cache is incomplete (re-run `ppow-train data` to finish it)")
+            if not allow_incomplete:
+                raise ValueError(f"{path}: cache is incomplete (re-run `ppow-train data` to finish it, or train on "
+                                 "the shards written so far with --allow-incomplete-cache)")
+            if self.meta.get("version") == 2:  # engine caches list their shards as they are written
+                from .datagen import _finished_shards
+
+                self.meta["shards"] = [side["summary"] for _, side in sorted(_finished_shards(path), key=lambda x: x[0])]
         parts, self.categories, self.ids = [], [], []
         for sh in self.meta["shards"][:max_shards]:
             parts.append(load_file(os.path.join(path, sh["file"])))

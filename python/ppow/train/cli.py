@@ -167,7 +167,7 @@ def build_parser():
     return ap
 
 
-STAGE_DEFAULTS = {"kd": dict(lr=2e-3, warmup=50, ctx_len=128), "ppow": dict(lr=2e-4, warmup=10, ctx_len=None)}
+STAGE_DEFAULTS = {"kd": dict(lr=2e-3, warmup=50), "ppow": dict(lr=2e-4, warmup=10, ctx_len=None)}
 
 
 def _fill_defaults(args):
@@ -227,8 +227,11 @@ def _load_cache(args, expect=None):
     return Cache(args.cache, expect_target_sha256=expect)
 
 
-KIND_DEFAULTS = {"standalone": dict(hidden=256, rope_theta=10000.0, draft_vocab=0, kd_positions="all"),
-                 "feature": dict(hidden=None, rope_theta=None, draft_vocab=16384, kd_positions="continuation")}
+# kd defaults per drafter kind; a feature drafter attends to every entry of its sequence at runtime
+# (ctx_len 0), its training chunks are --chunk-len long
+KIND_DEFAULTS = {"standalone": dict(hidden=256, rope_theta=10000.0, draft_vocab=0, kd_positions="all", ctx_len=128),
+                 "feature": dict(hidden=None, rope_theta=None, draft_vocab=16384, kd_positions="continuation",
+                                 ctx_len=0)}
 
 
 def _feature_target(args, cache, recorded=None):
@@ -263,7 +266,10 @@ def cmd_kd(args, rank, world, device):
         if getattr(args, k) is None:
             setattr(args, k, v)
     kind = drafters.get(args.drafter_kind)
-    tpath = _feature_target(args, cache) if kind.name == "feature" else (_target_path(args.target) if args.target else None)
+    if kind.name == "feature":
+        tpath = _feature_target(args, cache)
+    else:
+        tpath = os.path.abspath(_target_path(args.target)) if args.target else None
     if init:
         target = read_target(tpath) if kind.name == "feature" else None
         model, vocab, info0 = C.load_drafter(init, cache.meta["target"]["vocab_size"], target=target)
@@ -275,8 +281,8 @@ def cmd_kd(args, rank, world, device):
         model, extra = kind.build(cache, vocab, args, tpath)
     drafters.check_cache(model, cache)
     model.to(device)
-    info = dict(stage="kd", drafter_kind=kind.name, target_sha256=tsha, target_vocab_size=cache.meta["target"]["vocab_size"],
-                target_path=tpath, ctx_len=args.ctx_len, args=_args_dict(args), params=num_params(model), **extra)
+    info = dict(stage="kd", drafter_kind=kind.name, target_sha256=tsha,
+                target_vocab_size=cache.meta["target"]["vocab_size"], target_path=tpath, ctx_len=args.ctx_len, args=_args_dict(args), params=num_params(model), **extra)
     if rank == 0 and not args.quiet:
         print(f"[kd] {kind.name} drafter {num_params(model) / 1e6:.2f}M params, vocab {vocab.size}, "
               f"cache {len(cache)} positions")
@@ -312,9 +318,10 @@ def cmd_ppow(args, rank, world, device):
     for p_ in ref.parameters():
         p_.requires_grad_(False)
     model.to(device)
-    if args.ctx_len is None:
-        args.ctx_len = info0.get("ctx_len") or 128
-    info = dict(stage="ppow", drafter_kind=model.kind, target_path=info0.get("target_path"), target_sha256=tsha, target_vocab_size=cache.meta["target"]["vocab_size"],
+    if args.ctx_len is None:  # the training context; a feature drafter's 0 means every entry, as at runtime
+        args.ctx_len = info0.get("ctx_len", 0) if model.kind == "feature" else (info0.get("ctx_len") or 128)
+    info = dict(stage="ppow", drafter_kind=model.kind, target_path=info0.get("target_path"), target_sha256=tsha,
+                target_vocab_size=cache.meta["target"]["vocab_size"],
                 ctx_len=args.ctx_len, init=os.path.abspath(init), cost=ppow.cost_from_args(args).to_dict(),
                 args=_args_dict(args))
     t0 = time.time()
@@ -343,7 +350,7 @@ def cmd_eval(args):
     feature = C.drafter_kind(ckpt) == "feature"
     info = C.read_info(ckpt)
     # a feature drafter borrows its target's embeddings; by default the target it was trained with
-    tpath = _target_path(args.target) if (args.target or not feature) else info.get("target_path")
+    tpath = _target_path(args.target) if args.target else (info.get("target_path") if feature else None)
     model, vocab, info = C.load_drafter(ckpt, target=tpath if feature else None)
     expect = None
     if args.cache:
@@ -367,6 +374,7 @@ def cmd_eval(args):
                                progress=not args.quiet)
             expect = sha256_of(tpath)
         else:
+            tpath = tpath or _target_path(None)
             target = load_target(tpath, args.backend, n_ctx=n_ctx)
             build_cache(target, cache_dir, prompts, max_new=args.max_new, prompt_tail=tail, topk=1,
                         shard_size=256, target_path=os.path.abspath(tpath), progress=not args.quiet)

@@ -187,8 +187,11 @@ class LlamaCppTarget(Target):
         import llama_cpp
 
         self.path = path
-        self.llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, logits_all=True, verbose=False,
-                                   n_threads=n_threads or os.cpu_count(), n_batch=min(512, n_ctx))
+        from ppow.bench.peer_llamacpp import _model_params
+
+        with _model_params(False):  # no repacked/AMX weights: ppow's own kernels (and AMX crashed on a Xeon)
+            self.llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, logits_all=True, verbose=False,
+                                       n_threads=n_threads or os.cpu_count(), n_batch=min(512, n_ctx))
         self.n_ctx = n_ctx
         self.identity = identity or sha256_of(path)
         self.vocab_size = int(self.llm.n_vocab())

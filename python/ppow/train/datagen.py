@@ -103,12 +103,14 @@ def _write_shard(out_dir, number, records, prompts, n_layers, hidden_size):
     return summary
 
 
-def _finished_shards(out_dir):
-    """(number, side json) of every completely written shard; stray temporary files are removed."""
+def _finished_shards(out_dir, remove_tmp=False):
+    """(number, side json) of every completely written shard; remove_tmp (a writer resuming) deletes
+    the temporary files a killed run left."""
     done = []
     for name in sorted(os.listdir(out_dir)):
         if name.endswith(".tmp"):
-            os.remove(os.path.join(out_dir, name))
+            if remove_tmp:
+                os.remove(os.path.join(out_dir, name))
         elif name.startswith("shard_") and name.endswith(".json"):
             st = os.path.join(out_dir, name[:-5] + ".safetensors")
             if os.path.exists(st):
@@ -161,7 +163,7 @@ def build_engine_cache(target_path, out_dir, prompts, *, template="raw", max_new
                 shards=[])
     _atomic_json(meta, meta_path)
 
-    done = _finished_shards(out_dir)
+    done = _finished_shards(out_dir, remove_tmp=True)
     done_idx = {i for _, side in done for i in side["index"]}
     next_shard = 1 + max((n for n, _ in done), default=-1)
     todo = [i for i in range(len(prompts)) if i not in done_idx]

@@ -115,7 +115,8 @@ class Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         h2, hd = 2 * cfg["hidden_size"], cfg["head_dim"]
-        self.nh, self.nkv, self.hd, self.theta = cfg["num_attention_heads"], cfg["num_key_value_heads"], hd, cfg["rope_theta"]
+        self.nh, self.nkv, self.hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], hd
+        self.theta = cfg["rope_theta"]
         self.q_proj = nn.Linear(h2, self.nh * hd, bias=False)
         self.k_proj = nn.Linear(h2, self.nkv * hd, bias=False)
         self.v_proj = nn.Linear(h2, self.nkv * hd, bias=False)
@@ -291,8 +292,9 @@ def draft(model, contexts, k, greedy=True, temperature=1.0, generator=None, gath
 
     def step(j, t):  # entry at position T-1+j: (drafted token, previous prenorm)
         st["mask"] = torch.cat([st["mask"], st["mask"].new_ones(B, 1)], 1)
-        lg, st["s"], st["kv"] = model.decode(model.to_target(t)[:, None], st["s"], torch.tensor([T - 1 + j], device=dev),
-                                             st["mask"][:, None, None, :], st["kv"])
+        pos = torch.tensor([T - 1 + j], device=dev)
+        lg, st["s"], st["kv"] = model.decode(model.to_target(t)[:, None], st["s"], pos, st["mask"][:, None, None, :],
+                                             st["kv"])
         return lg[:, -1]
 
     return sample_loop(logits[:, -1], step, k, greedy, temperature, generator, gather_ids)
@@ -372,7 +374,8 @@ def read_target(path):
 
     embed = dequant("token_embd.weight")
     return dict(arch=arch, hidden_size=int(embed.shape[1]), vocab_size=int(embed.shape[0]),
-                n_layer=int(field(f"{arch}.block_count", 0)), rope_theta=float(field(f"{arch}.rope.freq_base", 10000.0)),
+                n_layer=int(field(f"{arch}.block_count", 0)),
+                rope_theta=float(field(f"{arch}.rope.freq_base", 10000.0)),
                 rms_norm_eps=float(field(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)), embed=embed,
                 output=dequant("output.weight") if "output.weight" in tensors else embed,
                 output_norm=dequant("output_norm.weight") if "output_norm.weight" in tensors else None)

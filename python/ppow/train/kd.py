@@ -194,6 +194,7 @@ def build_drafter(cache, vocab, args, target_embed=None):
     cfg = M.make_config(
         vocab_size=vocab.size, hidden_size=args.hidden, intermediate_size=args.intermediate or 3 * args.hidden,
         num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads or args.heads,
+        head_dim=getattr(args, "head_dim", 0) or None,
         max_position_embeddings=args.max_positions, tie_word_embeddings=args.tie_embeddings,
         rope_theta=args.rope_theta, bos_token_id=dmap(t.get("bos")), eos_token_id=dmap(t.get("eos")),
         pad_token_id=dmap(t.get("pad")))

@@ -38,7 +38,9 @@ class Trainer:
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.ddp = DDP(model, device_ids=[torch.device(device).index] if "cuda" in device else None)
+            # no buffer broadcast: a feature drafter's only buffers are its frozen borrowed embeddings
+            self.ddp = DDP(model, device_ids=[torch.device(device).index] if "cuda" in device else None,
+                           broadcast_buffers=False)
         self.step = 0
         self.lr = args.lr
 
