@@ -236,6 +236,20 @@ NB_MODULE(_core, m) {
                                       owned_array(std::move(feats), {layers.size(), T, (size_t) e.n_embd()}));
             },
             "tokens"_a, "n_last"_a, "layers"_a)
+        .def(
+            "draft_window",
+            [](Engine & e, const std::vector<llama_token> & tokens, int k) {
+                std::vector<float> logits;
+                std::vector<llama_token> drafted;
+                {
+                    nb::gil_scoped_release nogil;
+                    drafted = e.draft_window(tokens, k, logits);
+                }
+                const size_t rows = drafted.empty() ? 0 : logits.size() / std::max<size_t>(1, drafted.size());
+                const size_t n = drafted.size();
+                return nb::make_tuple(drafted, owned_array(std::move(logits), {n, rows}));
+            },
+            "tokens"_a, "k"_a)
         .def("cancel", &Engine::cancel, "Stop the running generate() at its next step (thread-safe)")
         .def("tokenize", &Engine::tokenize, "text"_a, "add_special"_a = true, "parse_special"_a = false)
         .def("detokenize", [](Engine & e, const std::vector<llama_token> & t) {

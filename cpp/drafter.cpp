@@ -76,6 +76,7 @@ void ModelDrafter::draft(const DraftRequest & req, DraftResult & out, Rng & rng)
     if ((int) out.dists.size() < n_max) out.dists.resize(n_max);
     for (int j = 0; j < n_max; ++j) {
         const float * lg = model_.logits(0);
+        if (req.logits_out) req.logits_out->insert(req.logits_out->end(), lg, lg + nv);
         llama_token tok;
         float p = -1.0f;  // unknown unless computed
         if (sp.greedy()) {

@@ -22,6 +22,7 @@ struct DraftRequest {
     // the window there (the token is dropped). This is where the window policy lives.
     std::function<bool(int j, float p)> keep;
     bool need_confidence = false;  // greedy drafts compute p only when the policy reads it
+    std::vector<float> * logits_out = nullptr;  // if set: each step's draft-vocabulary logits, appended
 };
 
 struct DraftResult {

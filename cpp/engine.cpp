@@ -209,6 +209,35 @@ std::vector<float> Engine::score_features(const std::vector<llama_token> & token
     return logits;
 }
 
+std::vector<llama_token> Engine::draft_window(const std::vector<llama_token> & tokens, int k,
+                                              std::vector<float> & logits) {
+    if (!drafter_) throw Error("no drafter loaded");
+    check_tokens(tokens, "input");
+    if (k < 1 || k > 64) throw Error("k must be in [1, 64]");
+    FeatureCapture & cap = target_.capture();
+    struct Off {
+        FeatureCapture & c;
+        ~Off() { c.set_layers({}); }
+    } off{cap};
+    const bool feed = !drafter_->target_layers().empty();
+    if (feed) cap.set_layers(drafter_->target_layers());
+    target_.truncate(0);
+    drafter_->begin(0);
+    cap.clear();
+    target_.decode(tokens.data(), (int) tokens.size() - 1, 0);
+    if (feed) drafter_->add_features(0, (int) tokens.size() - 1, cap);
+    SamplingParams greedy;
+    DraftRequest req;
+    req.history = &tokens;
+    req.n_max = k;
+    req.sampling = &greedy;
+    req.logits_out = &logits;
+    logits.clear();
+    draft_.clear();
+    drafter_->draft(req, draft_, rng_);
+    return draft_.tokens;
+}
+
 Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams & gp, const TextCallback & on_text) {
     validate(gp);
     check_tokens(prompt, "prompt");

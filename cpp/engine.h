@@ -72,6 +72,11 @@ public:
     std::vector<float> score_features(const std::vector<llama_token> & tokens, int n_last,
                                       const std::vector<int> & layers, std::vector<float> & features);
 
+    // The drafter's greedy window of k tokens after `tokens` (the target decodes all but the last,
+    // from an empty cache, as a prompt), and each step's draft-vocabulary logits (k rows): for
+    // checking a drafter against its training code.
+    std::vector<llama_token> draft_window(const std::vector<llama_token> & tokens, int k, std::vector<float> & logits);
+
     std::vector<llama_token> tokenize(const std::string & text, bool add_special, bool parse_special) const;
     std::string detokenize(const std::vector<llama_token> & tokens) const;
     std::string token_piece(llama_token t) const;

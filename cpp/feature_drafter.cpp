@@ -198,6 +198,7 @@ void FeatureDrafter::draft(const DraftRequest & req, DraftResult & out, Rng & rn
         // Full-vocabulary row, -inf outside the draft vocabulary: read only the d2t entries.
         const float * row = llama_get_logits_ith(model_.ctx(), -1);
         for (int i = 0; i < nd; ++i) lg_[i] = row[d2t_[i]];
+        if (req.logits_out) req.logits_out->insert(req.logits_out->end(), lg_.begin(), lg_.end());
         llama_token tok;
         float p = -1.0f;
         if (sp.greedy()) {

@@ -406,3 +406,33 @@ def test_failed_write_leaves_no_file(work, tmp_path, monkeypatch):
     with pytest.raises(OSError):
         convert_drafter(work["ckpt"], work["target"], str(tmp_path / "o.gguf"), "q8_0")
     assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------------ the runtime
+
+
+@pytest.mark.parametrize("outtype", ["f32", "f16"])
+def test_engine_draft_logits_equal_the_pytorch_module(work, tmp_path, outtype):
+    """A trained tiny drafter, converted: the engine's draft windows (target features captured by the
+    engine, the eagle3 graph in llama.cpp) against reference_draft_logits on the same features.
+    Tolerance: llama.cpp keeps the drafter's K/V in f16 and uses flash attention (measured through
+    llama-cpp-python: ~2e-3 on these logits, 2e-6 with an f32 cache, see README); f16 weights add
+    their own rounding. Measured (2-core Xeon): max |diff| 1.4e-3..2.0e-3 (f32 GGUF), 2.2e-3..2.7e-3
+    (f16) on logits of magnitude ~10. Asserted: <= 0.02 (f32), 0.05 (f16), and the same greedy tokens."""
+    import ppow
+
+    out = convert_drafter(work["ckpt"], work["target"], str(tmp_path / "d.gguf"), outtype)
+    model = work["model"]
+    with ppow.Generator(work["target"], out, n_ctx=256, n_threads=1) as g:
+        assert g.drafter_kind == "feature"
+        for text in PROMPTS[:4]:
+            toks = g.tokenize(text) + g.generate(text, n_predict=8, use_drafter=False, ignore_eos=True).tokens
+            drafted, logits = g.draft_window(toks, 4)
+            _, feats = g.features(toks[:-1], layers=LAYERS, n_last=1)
+            T = len(toks) - 1
+            ref = FM.reference_draft_logits(model, torch.from_numpy(feats).permute(1, 0, 2).reshape(T, -1),
+                                            torch.tensor(toks), k=4)
+            want = torch.cat([ref["logits"][-1:], ref["draft_logits"][:3]]).numpy()
+            assert drafted == ref["draft_tokens"].tolist(), text
+            assert logits.shape == want.shape
+            assert np.abs(logits - want).max() <= (0.02 if outtype == "f32" else 0.05), (text, np.abs(logits - want).max())

@@ -341,6 +341,25 @@ class Generator:
             except _core.EngineError as e:
                 raise PpowError(str(e)) from None
 
+    def draft_window(self, tokens: Sequence[int], k: int):
+        """The drafter's greedy window of k tokens after `tokens` (the target takes all but the last
+        as a prompt, from an empty cache) and each step's logits over the draft vocabulary:
+        (list of k target ids, float32 array [k, n_draft_vocab]). For checking a drafter against
+        its training code; generation does not need it."""
+        from ppow import _core
+
+        ids = self._prompt_ids(tokens)
+        if len(ids) < 2:
+            raise ValueError("draft_window needs at least 2 tokens")
+        if not isinstance(k, int) or not 1 <= k <= 64:
+            raise ValueError(f"k must be an integer in [1, 64], got {k!r}")
+        eng = self._live
+        with self._lock:
+            try:
+                return eng.draft_window(ids, k)
+            except _core.EngineError as e:
+                raise PpowError(str(e)) from None
+
     @property
     def n_layer(self) -> int:
         """Target layers (hidden_states has n_layer + 1 entries)."""

@@ -30,6 +30,8 @@ def _target_path(p):
 
 def add_common_train(ap):
     ap.add_argument("--cache", required=True, help="cache dir from `ppow-train data`")
+    ap.add_argument("--allow-incomplete-cache", action="store_true",
+                    help="train on the shards an unfinished (or still running) `ppow-train data` has written")
     ap.add_argument("-o", "--out", required=True, help="run dir (OUT/ckpt resumable, OUT/final the result)")
     ap.add_argument("--target", help="target GGUF/HF dir: checked against the cache's target identity")
     ap.add_argument("--steps", type=int, default=1000)
@@ -224,7 +226,8 @@ def _load_cache(args, expect=None):
 
     if expect is None and getattr(args, "target", None):
         expect = sha256_of(_target_path(args.target))
-    return Cache(args.cache, expect_target_sha256=expect)
+    return Cache(args.cache, expect_target_sha256=expect,
+                 allow_incomplete=getattr(args, "allow_incomplete_cache", False))
 
 
 # kd defaults per drafter kind; a feature drafter attends to every entry of its sequence at runtime
