@@ -99,6 +99,7 @@ void FeatureDrafter::drop_kv_from(int pos) {
     n_kv_ = pos;
 }
 
+
 void FeatureDrafter::encode(int pos0, int n) {
     FeatureCapture & cap = model_.capture();
     cap.set_nodes({kFcOut});
@@ -180,8 +181,12 @@ void FeatureDrafter::draft(const DraftRequest & req, DraftResult & out, Rng & rn
     drop_kv_from(n_entries_);
     // After a long run of plain steps (or a long prompt) only the most recent positions enter: the
     // drafter reads the target's features there, and the catch-up of a useless drafter's rare probe
-    // windows stays bounded. Older positions are left out of its cache (their RoPE positions keep the gap).
-    n_entries_ = std::max(n_entries_, n + 1 - kMaxCatchup);
+    // windows stays bounded. llama.cpp wants a sequence's positions consecutive, so skipping restarts
+    // the drafter's cache at the first position kept (RoPE positions stay the true ones).
+    if (n + 1 - kMaxCatchup > n_entries_) {
+        n_entries_ = n + 1 - kMaxCatchup;
+        drop_kv_from(0);
+    }
     const int m = n + 1 - n_entries_;
     encode(n_entries_, m);
     decode(hist.data() + n_entries_ + 1, g_.data(), n_entries_, m);

@@ -182,3 +182,17 @@ def test_gemma_random_feature_drafter_lossless_two_threads(gemma_gguf, tmp_path)
             # prompt, the last 256 positions: FeatureDrafter::kMaxCatchup)
             st = out.stats
             assert st.n_draft_catchup >= min(len(i) - 1 - st.prompt_tokens_reused, 256) + len(out.tokens) - 1
+
+
+def test_long_prompt_catch_up_restarts_the_drafter_cache(tiny_target_gguf, frequent_drafter):
+    """A prompt past the 256-position catch-up bound, then a second prompt sharing only its start:
+    the drafter's cache restarts at the first position kept (llama.cpp wants consecutive positions),
+    and the output stays the target's."""
+    with ppow.Generator(tiny_target_gguf, n_ctx=512, n_threads=1) as p, \
+            ppow.Generator(tiny_target_gguf, frequent_drafter, n_ctx=512, n_threads=1) as s:
+        body = p.tokenize("The quick brown fox jumps over the lazy dog. The river was blue. " * 30)[:300]
+        for prompt in (body, body[:3] + body[40:300], body[:250]):
+            for k in (2, 5):
+                ref = p.generate(prompt, n_predict=24, ignore_eos=True)
+                out = s.generate(prompt, n_predict=24, ignore_eos=True, draft_max=k)
+                assert out.tokens == ref.tokens, (len(prompt), k)

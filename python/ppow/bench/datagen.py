@@ -7,7 +7,7 @@ Runs, in one process and one after the other on the same prompts: ppow plain dec
 one sequence at a time, greedy, `--max-new` tokens each; tokens/s of generation as ppow-run reports
 it), then the data engine at each number of sequences in flight (features of three layers and
 top-k included, as `ppow-train data` writes them), then plain decoding again, so a drift of the
-machine shows. Generated tokens per second are wall-clock, prompt processing included for the data
+machine shows; and the cost of hidden-state capture on a decode. Generated tokens per second are wall-clock, prompt processing included for the data
 engine (it is part of making data) and excluded for plain decoding (as users read tokens/s).
 """
 from __future__ import annotations
@@ -28,6 +28,34 @@ def plain_rate(target, prompts, max_new, threads):
             n += out.stats.n_generated
             ms += out.stats.t_total_ms
     return 1000.0 * n / ms
+
+
+def capture_cost(target, prompt, layers, threads, reps=15):
+    """Median ms of decoding a prompt (prefix batch + a 1- or 4-row scored batch) without and with
+    hidden-state capture at `layers`, interleaved."""
+    import statistics
+
+    import ppow
+
+    out = {}
+    with ppow.Generator(target, n_ctx=1024, n_threads=threads) as g:
+        ids = g.tokenize(prompt)
+        other = [ids[0], ids[-1]]  # resets the cache so every timed call decodes all of `ids`
+        for n_last in (1, 4):
+            t_off, t_on = [], []
+            for rep in range(reps + 1):
+                for on in (False, True):
+                    g.score(other, 1)
+                    t0 = time.perf_counter()
+                    if on:
+                        g.features(ids, layers=layers, n_last=n_last)
+                    else:
+                        g.score(ids, n_last)
+                    if rep:  # the first round warms up both graphs
+                        (t_on if on else t_off).append(1000 * (time.perf_counter() - t0))
+            off, on = statistics.median(t_off), statistics.median(t_on)
+            out[f"n_last={n_last}"] = dict(prompt_tokens=len(ids), ms_without=off, ms_with=on, overhead=on / off - 1)
+    return out
 
 
 def engine_rate(target, prompt_ids, n_parallel, max_new, topk, layers, threads):
@@ -80,6 +108,8 @@ def main(argv=None):
             head = t[:1] if t and t[0] == bos else []
             ids.append(head + t[len(head):][-args.prompt_tail:])
     layers = default_layers(n_layer)
+    capture = capture_cost(target, prompts[0], layers, args.threads)
+    print(json.dumps(dict(capture=capture)), flush=True)
     rows = [dict(system="plain (before)", tokens_per_second=plain_rate(target, prompts[:args.plain_n], args.max_new,
                                                                         args.threads))]
     print(json.dumps(rows[-1]), flush=True)
@@ -94,10 +124,13 @@ def main(argv=None):
     for r in rows:
         r["vs_plain"] = r["tokens_per_second"] / plain
     report = dict(machine=dict(cpu=platform.processor() or platform.machine(), python=platform.python_version()),
-                  settings=dict(vars(args), layers=layers, target=target), rows=rows)
+                  settings=dict(vars(args), layers=layers, target=target), rows=rows, capture=capture)
     print("| system | new tokens/s | vs plain |\n|---|---|---|")
     for r in rows:
         print(f"| {r['system']} | {r['tokens_per_second']:.1f} | {r['vs_plain']:.2f}x |")
+    for k, c in capture.items():
+        print(f"capture of layers {layers}, {c['prompt_tokens']}-token prompt, {k}: {c['ms_without']:.1f} ms -> "
+              f"{c['ms_with']:.1f} ms ({100 * c['overhead']:+.1f} %)")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)

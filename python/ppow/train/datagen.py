@@ -175,6 +175,12 @@ def build_engine_cache(target_path, out_dir, prompts, *, template="raw", max_new
         return bos + (body[-prompt_tail:] if prompt_tail and len(body) > prompt_tail else body)
 
     todo_ids = [prompt_ids(prompts[i]["text"]) for i in todo]
+    longest = max((len(t) for t in todo_ids), default=0)
+    if longest + max_new + 1 > ctx_per_seq:  # --prompt-tail 0 (whole prompts): size the context for them
+        ctx_per_seq = longest + max_new + 1
+        mp.n_ctx = n_parallel * ctx_per_seq + 256
+        del gen
+        gen = _core.DataGen(mp)
     params = _core.DataGenParams()
     params.max_new, params.topk, params.temp, params.seed, params.layers = max_new, topk, temp, seed, layers
 
