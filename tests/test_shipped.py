@@ -28,6 +28,8 @@ def test_shipped_drafter_is_lossless_and_accepted(name):
     prompts = ["Question: What are three simple ways to save energy at home?\nAnswer:",
                "Question: Write a Python function that reverses a string.\nAnswer:"]
     with ppow.Generator(ppow.default_target(), ppow.default_drafter(name), n_ctx=512, n_threads=1) as g:
+        # kd is the EAGLE-3 feature drafter (issue 11); ppow is still the standalone one
+        assert g.drafter_kind == ("feature" if name == "kd" else "model")
         accepted = 0
         for p in prompts:
             ref = g.generate(p, n_predict=32, use_drafter=False, ignore_eos=True)

@@ -21,7 +21,9 @@ def shipped_drafters() -> list[str]:
 
 
 def default_drafter(name: str = "ppow") -> str:
-    """Path of a drafter shipped with ppow for the default target: "ppow" or "kd"."""
+    """Path of a drafter shipped with ppow for the default target: "kd" (an EAGLE-3 feature drafter in
+    llama.cpp's eagle3 format, trained with KD and training-time test) or "ppow" (the standalone
+    PPOW drafter of the previous release)."""
     path = DRAFTER_DIR / f"gemma3-270m-{name}.gguf"
     if not path.is_file():
         have = ", ".join(n.removeprefix("gemma3-270m-") for n in shipped_drafters()) or "none"

@@ -58,7 +58,26 @@ def capture_cost(target, prompt, layers, threads, reps=15):
     return out
 
 
-def engine_rate(target, prompt_ids, n_parallel, max_new, topk, layers, threads):
+def exactness(target, prompt_ids, batched, max_new, threads):
+    """Where sequences generated n_parallel at a time leave ppow's one-at-a-time greedy decoding
+    (CPU kernels switch with the batch size, so near-ties can flip): per prompt, the first
+    generated position that differs, or None."""
+    import ppow
+
+    first_diff = []
+    with ppow.Generator(target, n_ctx=1024, n_threads=threads) as g:
+        for i, ids in enumerate(prompt_ids):
+            ref = list(ids) + g.generate(list(ids), n_predict=max_new).tokens
+            got = batched[i]
+            n = min(len(ref), len(got))
+            d = next((j for j in range(len(ids), n) if ref[j] != got[j]), None)
+            if d is None and len(ref) != len(got):
+                d = n
+            first_diff.append(None if d is None else d - len(ids))
+    return first_diff
+
+
+def engine_rate(target, prompt_ids, n_parallel, max_new, topk, layers, threads, keep=None):
     from ppow import _core
 
     mp = _core.ModelParams()
@@ -69,7 +88,8 @@ def engine_rate(target, prompt_ids, n_parallel, max_new, topk, layers, threads):
     params = _core.DataGenParams()
     params.max_new, params.topk, params.layers = max_new, topk, layers
     t0 = time.perf_counter()
-    st = gen.run(prompt_ids, params, per, lambda rec: None)
+    st = gen.run(prompt_ids, params, per, (lambda rec: keep.__setitem__(int(rec["index"]), rec["tokens"].tolist()))
+                 if keep is not None else (lambda rec: None))
     seconds = time.perf_counter() - t0
     return dict(n_parallel=n_parallel, new_tokens=st["new_tokens"], positions=st["positions"], seconds=seconds,
                 tokens_per_second=st["new_tokens"] / seconds, decode_share=st["t_decode_ms"] / 1000 / seconds)
@@ -94,6 +114,8 @@ def main(argv=None):
     ap.add_argument("--prompt-tail", type=int, default=64)
     ap.add_argument("--topk", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--exact-n", type=int, default=16,
+                    help="compare this many batched trajectories with one-at-a-time greedy decoding")
     ap.add_argument("-o", "--out", default=None, help="write the JSON report here too")
     args = ap.parse_args(argv)
 
@@ -113,24 +135,33 @@ def main(argv=None):
     rows = [dict(system="plain (before)", tokens_per_second=plain_rate(target, prompts[:args.plain_n], args.max_new,
                                                                         args.threads))]
     print(json.dumps(rows[-1]), flush=True)
+    kept = {}
     for npar in (int(x) for x in args.n_parallel.split(",")):
+        keep = kept if npar == max(int(x) for x in args.n_parallel.split(",")) else None
         rows.append(dict(system=f"data engine, {npar} in flight", **engine_rate(target, ids, npar, args.max_new,
-                                                                                   args.topk, layers, args.threads)))
+                                                                                   args.topk, layers, args.threads, keep)))
         print(json.dumps(rows[-1]), flush=True)
     rows.append(dict(system="plain (after)", tokens_per_second=plain_rate(target, prompts[:args.plain_n], args.max_new,
                                                                          args.threads)))
     print(json.dumps(rows[-1]), flush=True)
+    diffs = exactness(target, ids[:args.exact_n], kept, args.max_new, args.threads) if args.exact_n else []
     plain = (rows[0]["tokens_per_second"] + rows[-1]["tokens_per_second"]) / 2
     for r in rows:
         r["vs_plain"] = r["tokens_per_second"] / plain
     report = dict(machine=dict(cpu=platform.processor() or platform.machine(), python=platform.python_version()),
-                  settings=dict(vars(args), layers=layers, target=target), rows=rows, capture=capture)
+                  settings=dict(vars(args), layers=layers, target=target), rows=rows, capture=capture,
+                  exactness=dict(n_prompts=len(diffs), n_parallel=max(int(x) for x in args.n_parallel.split(",")),
+                                 diverged=sum(d is not None for d in diffs), first_diff=diffs))
     print("| system | new tokens/s | vs plain |\n|---|---|---|")
     for r in rows:
         print(f"| {r['system']} | {r['tokens_per_second']:.1f} | {r['vs_plain']:.2f}x |")
     for k, c in capture.items():
         print(f"capture of layers {layers}, {c['prompt_tokens']}-token prompt, {k}: {c['ms_without']:.1f} ms -> "
               f"{c['ms_with']:.1f} ms ({100 * c['overhead']:+.1f} %)")
+    if diffs:
+        print(f"exactness: {sum(d is not None for d in diffs)} of {len(diffs)} sequences generated "
+              f"{report['exactness']['n_parallel']} in flight left one-at-a-time greedy decoding; first differing "
+              f"generated positions: {sorted(d for d in diffs if d is not None)}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)
