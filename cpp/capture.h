@@ -60,4 +60,16 @@ private:
     std::string error_;                    // first problem met inside the callback
 };
 
+// Capture at `layers` while this object lives; off again afterwards, whatever happens.
+class CaptureScope {
+public:
+    CaptureScope(FeatureCapture & c, const std::vector<int> & layers) : c_(c) { c_.set_layers(layers); }
+    ~CaptureScope() { c_.set_layers({}); }
+    CaptureScope(const CaptureScope &) = delete;
+    CaptureScope & operator=(const CaptureScope &) = delete;
+
+private:
+    FeatureCapture & c_;
+};
+
 }  // namespace ppow

@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <deque>
 
 namespace ppow {
 
@@ -72,11 +71,7 @@ DataGenStats DataGenerator::run(const std::vector<std::vector<llama_token>> & pr
     }
 
     FeatureCapture & cap = target_.capture();
-    cap.set_layers(p.layers);
-    struct Off {
-        FeatureCapture & c;
-        ~Off() { c.set_layers({}); }
-    } off{cap};
+    const CaptureScope scope(cap, p.layers);
     const int L = (int) p.layers.size(), H = target_.n_embd(), K = p.topk;
 
     llama_memory_t mem = llama_get_memory(ctx);

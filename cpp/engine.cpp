@@ -186,15 +186,11 @@ std::vector<float> Engine::score_features(const std::vector<llama_token> & token
     check_tokens(tokens, "input");
     if (layers.empty()) throw Error("no hidden-state layers requested");
     FeatureCapture & cap = target_.capture();
-    cap.set_layers(layers);  // validates the indices
+    const CaptureScope scope(cap, layers);  // validates the indices
     for (int k : layers)
         if (k == target_.n_layer() && n_last != (int) tokens.size())
             throw Error("layer " + std::to_string(k) + " (the final norm) exists only for rows with logits: "
                         "pass n_last = len(tokens) to capture it");
-    struct Off {  // capture stays off outside this call, whatever happens
-        FeatureCapture & c;
-        ~Off() { c.set_layers({}); }
-    } off{cap};
     target_.truncate(0);  // every position is decoded, so every position has its features
     cap.clear();
     std::vector<float> logits = score(tokens, n_last);
@@ -215,12 +211,8 @@ std::vector<llama_token> Engine::draft_window(const std::vector<llama_token> & t
     check_tokens(tokens, "input");
     if (k < 1 || k > 64) throw Error("k must be in [1, 64]");
     FeatureCapture & cap = target_.capture();
-    struct Off {
-        FeatureCapture & c;
-        ~Off() { c.set_layers({}); }
-    } off{cap};
     const bool feed = !drafter_->target_layers().empty();
-    if (feed) cap.set_layers(drafter_->target_layers());
+    const CaptureScope scope(cap, drafter_->target_layers());
     target_.truncate(0);
     drafter_->begin(0);
     cap.clear();
@@ -256,11 +248,7 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
     // A feature drafter reads the target's hidden states of every committed position.
     FeatureCapture & cap = target_.capture();
     const bool feed = drafter_ && !drafter_->target_layers().empty();
-    struct Off {
-        FeatureCapture & c;
-        ~Off() { c.set_layers({}); }
-    } capture_off{cap};
-    if (feed) cap.set_layers(drafter_->target_layers());
+    const CaptureScope scope(cap, feed ? drafter_->target_layers() : std::vector<int>());
 
     double t_loop = now_ms();
     try {
