@@ -45,6 +45,21 @@ ModelDrafter::ModelDrafter(const ModelParams & params, const llama_vocab * tv) :
         if (x < 0) x = unk;
 }
 
+llama_token pick_draft_token(const float * lg, int n, const int32_t * id_map, const DraftRequest & req, Dist & q,
+                             std::vector<int32_t> & scratch, Rng & rng, float & p) {
+    p = -1.0f;  // unknown unless computed
+    if (req.sampling->greedy()) {
+        const int row = argmax(lg, n);
+        if (req.need_confidence) p = softmax_prob(lg, n, row);
+        return id_map ? id_map[row] : row;
+    }
+    make_dist(lg, n, *req.sampling, id_map, q, scratch);
+    const llama_token tok = sample(q, rng);
+    for (size_t i = 0; i < q.ids.size(); ++i)
+        if (q.ids[i] == tok) { p = q.probs[i]; break; }
+    return tok;
+}
+
 double ModelDrafter::time_step() {
     const int base = (int) model_.cached().size();
     if (base + 1 > model_.n_ctx()) return 0.0;
@@ -70,26 +85,14 @@ void ModelDrafter::draft(const DraftRequest & req, DraftResult & out, Rng & rng)
     out.t_forward_ms += model_.decode(hist_draft_.data() + keep, (int) hist_draft_.size() - keep, 1);
     out.n_forward += 1;
 
-    const SamplingParams & sp = *req.sampling;
     const int nv = model_.n_vocab();
     const int32_t * id_map = d2t_.empty() ? nullptr : d2t_.data();
     if ((int) out.dists.size() < n_max) out.dists.resize(n_max);
     for (int j = 0; j < n_max; ++j) {
         const float * lg = model_.logits(0);
         if (req.logits_out) req.logits_out->insert(req.logits_out->end(), lg, lg + nv);
-        llama_token tok;
-        float p = -1.0f;  // unknown unless computed
-        if (sp.greedy()) {
-            const int row = argmax(lg, nv);
-            tok = to_target(row);
-            if (req.need_confidence) p = softmax_prob(lg, nv, row);
-        } else {
-            Dist & q = out.dists[j];
-            make_dist(lg, nv, sp, id_map, q, scratch_);
-            tok = sample(q, rng);
-            for (size_t i = 0; i < q.ids.size(); ++i)
-                if (q.ids[i] == tok) { p = q.probs[i]; break; }
-        }
+        float p;
+        const llama_token tok = pick_draft_token(lg, nv, id_map, req, out.dists[j], scratch_, rng, p);
         if (req.keep && !req.keep(j, p)) break;
         out.tokens.push_back(tok);
         out.confidence.push_back(p);

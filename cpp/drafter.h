@@ -41,6 +41,12 @@ struct DraftResult {
     }
 };
 
+// One draft token from a row of draft-vocabulary logits (row i is target id_map[i]; no map: i):
+// the argmax, or a draw from make_dist when req.sampling is not greedy (the distribution goes to q).
+// p gets the token's drafter probability (-1 for greedy drafts when req.need_confidence is off).
+llama_token pick_draft_token(const float * logits, int n, const int32_t * id_map, const DraftRequest & req, Dist & q,
+                             std::vector<int32_t> & scratch, Rng & rng, float & p);
+
 class Drafter {
 public:
     virtual ~Drafter() = default;
@@ -80,7 +86,6 @@ public:
 
 private:
     llama_token to_draft(llama_token t) const { return d2t_.empty() ? t : t2d_[t]; }
-    llama_token to_target(int row) const { return d2t_.empty() ? row : d2t_[row]; }
 
     LlamaModel model_;
     std::vector<int32_t> d2t_, t2d_;

@@ -196,7 +196,6 @@ void FeatureDrafter::draft(const DraftRequest & req, DraftResult & out, Rng & rn
     out.t_forward_ms += out.t_catchup_ms;
     out.n_forward += 1;
 
-    const SamplingParams & sp = *req.sampling;
     const int nd = (int) d2t_.size();
     if ((int) out.dists.size() < n_max) out.dists.resize(n_max);
     for (int j = 0; j < n_max; ++j) {
@@ -204,19 +203,8 @@ void FeatureDrafter::draft(const DraftRequest & req, DraftResult & out, Rng & rn
         const float * row = llama_get_logits_ith(model_.ctx(), -1);
         for (int i = 0; i < nd; ++i) lg_[i] = row[d2t_[i]];
         if (req.logits_out) req.logits_out->insert(req.logits_out->end(), lg_.begin(), lg_.end());
-        llama_token tok;
-        float p = -1.0f;
-        if (sp.greedy()) {
-            const int best = argmax(lg_.data(), nd);
-            tok = d2t_[best];
-            if (req.need_confidence) p = softmax_prob(lg_.data(), nd, best);
-        } else {
-            Dist & q = out.dists[j];
-            make_dist(lg_.data(), nd, sp, d2t_.data(), q, scratch_);
-            tok = sample(q, rng);
-            for (size_t i = 0; i < q.ids.size(); ++i)
-                if (q.ids[i] == tok) { p = q.probs[i]; break; }
-        }
+        float p;
+        const llama_token tok = pick_draft_token(lg_.data(), nd, d2t_.data(), req, out.dists[j], scratch_, rng, p);
         if (req.keep && !req.keep(j, p)) break;
         out.tokens.push_back(tok);
         out.confidence.push_back(p);
