@@ -55,6 +55,8 @@ public:
     virtual LlamaModel & model() = 0;  // its own context (calibration, cancel)
     // Time of one single-token draft step (for the cost model), leaving the drafter as it was.
     virtual double time_step() = 0;
+    // Feature drafters: ms per committed position of a catch-up batch of n positions (0: no catch-up).
+    virtual double time_catchup(int n) { (void) n; return 0.0; }
 
     // Feature drafters read the target's hidden states at these layers (capture.h numbering) of
     // every committed position; the engine captures them on every target decode.

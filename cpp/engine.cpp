@@ -93,6 +93,13 @@ void Engine::calibrate(int k_max) {
             if (rep > 0 && ms > 0.0) t.push_back(ms);
         }
         if (!t.empty()) costs_.observe_draft_token(median_ms(t));
+        // A typical catch-up takes in the committed token and one accepted draft.
+        t.clear();
+        for (int rep = 0; rep < 4; ++rep) {
+            const double ms = drafter_->time_catchup(2);
+            if (rep > 0 && ms > 0.0) t.push_back(ms);
+        }
+        if (!t.empty()) costs_.observe_catchup(median_ms(t));
     }
 }
 

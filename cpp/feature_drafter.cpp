@@ -165,6 +165,21 @@ double FeatureDrafter::time_step() {
     return ms;
 }
 
+double FeatureDrafter::time_catchup(int n) {
+    if (n < 1 || n_kv_ + n > model_.n_ctx() || n > model_.n_batch()) return 0.0;
+    // n throw-away entries (zero features) after everything held, timed as draft() runs them, then dropped.
+    const int base = n_kv_, feat0 = n_feat_;
+    feats_.resize((size_t) (feat0 + n) * 3 * h_target_, 0.0f);
+    const std::vector<llama_token> toks(n, d2t_[0]);
+    const double t0 = now_ms();
+    encode(feat0, n);
+    decode(toks.data(), g_.data(), base, n);
+    const double ms = now_ms() - t0;
+    drop_kv_from(base);
+    feats_.resize((size_t) feat0 * 3 * h_target_);
+    return ms / n;
+}
+
 void FeatureDrafter::draft(const DraftRequest & req, DraftResult & out, Rng & rng) {
     out.clear();
     const auto & hist = *req.history;

@@ -27,6 +27,7 @@ public:
     const char * kind() const override { return "feature"; }
     LlamaModel & model() override { return model_; }
     double time_step() override;
+    double time_catchup(int n) override;
     const std::vector<int> & target_layers() const override { return layers_; }
     int features_through() const override { return n_feat_; }
     void begin(int keep) override;

@@ -199,6 +199,15 @@ def test_draft_windows_and_reference_agree(work):
     stoks, slogp = FM.draft(model, ctx, 4, greedy=False, generator=torch.Generator().manual_seed(0))
     lp = torch.log_softmax(FM.forward_windows(model, ctx, stoks), -1).gather(-1, stoks[..., None]).squeeze(-1)
     torch.testing.assert_close(lp, slogp, atol=1e-4, rtol=1e-4)
+    # PPOW groups (the same context object repeated) run each context once: same windows as distinct copies
+    grouped = [c for c in ctx for _ in range(3)]
+    copies = [(f.clone(), t.clone()) for f, t in grouped]
+    gtoks, glogp = FM.draft(model, grouped, 4, greedy=False, generator=torch.Generator().manual_seed(1))
+    ctoks, clogp = FM.draft(model, copies, 4, greedy=False, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(gtoks, ctoks)
+    torch.testing.assert_close(glogp, clogp, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(FM.forward_windows(model, grouped, gtoks), FM.forward_windows(model, copies, gtoks),
+                               atol=1e-5, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ training

@@ -65,6 +65,21 @@ def test_cost_model_and_speedup_reward_hand_values():
     assert float(r) == pytest.approx(20 / 13)
 
 
+def test_feature_drafter_cost_counts_the_catch_up(tmp_path):
+    """A feature drafter's window: T(k+1) + (k-1) T_d + (a+1) T_c, as the engine's cost model counts it."""
+    path = tmp_path / "cost.json"
+    path.write_text(json.dumps({"target_ms": {"1": 10.0, "2": 12.0, "5": 20.0}, "draft_ms": 1.0, "catchup_ms": 0.5}))
+    cost = R.CostModel.from_json(str(path))
+    a, k = torch.tensor([2, 0, 4]), torch.tensor([4, 4, 4])
+    # (a+1) * 10 / (20 + 3 * 1 + (a+1) * 0.5)
+    want = [3 * 10 / (23 + 1.5), 10 / (23 + 0.5), 5 * 10 / (23 + 2.5)]
+    assert R.speedup_reward(a, k, cost).tolist() == pytest.approx(want)
+    assert cost.to_dict()["catchup_ms"] == 0.5
+    # expected speedup picks k: a drafter sure of 2 tokens and lost after them drafts 2 here
+    s = torch.tensor([[0.99, 0.99, 0.01, 0.01, 0.01]])
+    assert W.adaptive_k(s, 1, 5, "speedup", cost).tolist() == [2]
+
+
 def test_accepted_length_and_decisive_positions():
     draft = torch.tensor([[5, 6, 7, 8], [5, 9, 7, 8], [1, 6, 7, 8], [5, 6, 7, 8]])
     tgt = torch.tensor([[5, 6, 7, 8]] * 4)
@@ -250,13 +265,13 @@ def test_cached_verification_equals_exact_target(work):
 def test_exact_target_rollouts_match_cached_and_sampled_verification_runs(work):
     _, _, _, _, cached = _rollout(work, ["--windows", "4"])
     _, _, _, _, exact = _rollout(work, ["--windows", "4", "--exact-target"], target=F.make_target())
-    assert torch.equal(cached["toks"], exact["toks"]) and torch.equal(cached["a"], exact["a"])
-    assert torch.allclose(cached["reward"], exact["reward"], atol=2e-3)  # fp16 cache vs exact probs
+    assert torch.equal(cached.toks, exact.toks) and torch.equal(cached.a, exact.a)
+    assert torch.allclose(cached.reward, exact.reward, atol=2e-3)  # fp16 cache vs exact probs
     _, _, _, _, samp = _rollout(work, ["--windows", "4", "--exact-target", "--verify", "sampled"],
                                 target=F.make_target())
-    assert torch.equal(samp["toks"], cached["toks"])
-    assert (samp["a"] >= 0).all() and (samp["a"] <= samp["k"]).all()
-    assert not torch.equal(samp["a"], cached["a"])  # min(1, p/q) is another protocol than argmax matching
+    assert torch.equal(samp.toks, cached.toks)
+    assert (samp.a >= 0).all() and (samp.a <= samp.k).all()
+    assert not torch.equal(samp.a, cached.a)  # min(1, p/q) is another protocol than argmax matching
     with pytest.raises(ValueError, match="exact-target"):
         _rollout(work, ["--verify", "sampled"])
 
@@ -314,18 +329,18 @@ def _rollout(work, extra, seed=0, target=None):
 def test_ablation_no_speedup_reward_changes_rewards(work):
     _, _, _, _, on = _rollout(work, [])
     _, _, _, _, off = _rollout(work, ["--no-speedup-reward"])
-    assert torch.equal(on["a"], off["a"])  # same rollouts
-    assert not torch.allclose(on["reward"], off["reward"])
-    assert torch.allclose(off["r_speed"], on["a"].float() + 1)
+    assert torch.equal(on.a, off.a)  # same rollouts
+    assert not torch.allclose(on.reward, off.reward)
+    assert torch.allclose(off.r_speed, on.a.float() + 1)
 
 
 def test_ablation_no_proximity_changes_rewards(work):
     _, _, _, _, on = _rollout(work, [])
     _, _, _, _, off = _rollout(work, ["--no-proximity"])
-    assert torch.equal(on["a"], off["a"])
-    assert torch.allclose(off["reward"], off["r_speed"])
-    assert torch.allclose(on["reward"], on["r_speed"] + 0.5 * on["r_prox"])
-    assert not torch.allclose(on["adv"], off["adv"])
+    assert torch.equal(on.a, off.a)
+    assert torch.allclose(off.reward, off.r_speed)
+    assert torch.allclose(on.reward, on.r_speed + 0.5 * on.r_prox)
+    assert not torch.allclose(on.adv, off.adv)
 
 
 def test_ablation_no_adaptive_window_changes_selection(work):
@@ -361,11 +376,11 @@ def _loss_and_grad(work, extra, ratio_shift=0.0):
     with torch.no_grad():  # move the policy away from the reference so KL and ratios are non-trivial
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-        old = torch.log_softmax(M.forward_windows(m, ro["contexts"], ro["toks"]), -1)
-        old_logp = old.gather(-1, ro["toks"][..., None]).squeeze(-1) + ratio_shift
-        ref_logits = M.forward_windows(ref, ro["contexts"], ro["toks"])
-    logits = M.forward_windows(m, ro["contexts"], ro["toks"])
-    loss, met = ppow.ppo_loss(logits, old_logp, ref_logits, ro["toks"], ro["adv"], ro["mask"], args.clip,
+        old = torch.log_softmax(M.forward_windows(m, ro.contexts, ro.toks), -1)
+        old_logp = old.gather(-1, ro.toks[..., None]).squeeze(-1) + ratio_shift
+        ref_logits = M.forward_windows(ref, ro.contexts, ro.toks)
+    logits = M.forward_windows(m, ro.contexts, ro.toks)
+    loss, met = ppow.ppo_loss(logits, old_logp, ref_logits, ro.toks, ro.adv, ro.mask, args.clip,
                               args.kl_coef, args.temperature)
     loss.backward()
     g = torch.cat([p.grad.flatten() for p in m.parameters()])
@@ -391,11 +406,11 @@ def test_ablation_clip_changes_objective(work):
 def test_ablation_group_size_and_pg_positions(work):
     _, _, _, _, g8 = _rollout(work, [])
     _, _, _, _, g4 = _rollout(work, ["--group-size", "4"])
-    assert len(g8["a"]) == 2 * len(g4["a"])
+    assert len(g8.a) == 2 * len(g4.a)
     _, _, _, _, win = _rollout(work, ["--pg-positions", "window"])
-    assert win["mask"].sum() > g8["mask"].sum()  # decisive positions are a subset of the window
+    assert win.mask.sum() > g8.mask.sum()  # decisive positions are a subset of the window
     _, _, _, _, raw = _rollout(work, ["--adv-norm", "none"])
-    assert not torch.allclose(raw["adv"], g8["adv"])
+    assert not torch.allclose(raw.adv, g8.adv)
 
 
 # ----------------------------------------------------------------------------------------------- training

@@ -79,7 +79,7 @@ def summarize(steps, cache, k, cost=None):
         "reached_by_position": reached,
     }
     if cost is not None:
-        out["predicted_speedup"] = tau * cost.speedup_scale(k)
+        out["predicted_speedup"] = cost.speedup(k, tau - 1.0)
     return out
 
 

@@ -187,9 +187,10 @@ class FeatureDrafter(nn.Module):
             x = self.input_norm(x)
         return self.fc(x)
 
-    def decode(self, tokens, states, pos, mask, kv=None):
+    def decode(self, tokens, states, pos, mask, kv=None, head_last=False):
         """Decoder entries: tokens [B,T] target ids, states [B,T,H], pos [T] RoPE positions, mask [B,1,T,keys]
-        over (kv keys + these). Returns (logits [B,T,Vd] float32, prenorm [B,T,H], kv)."""
+        over (kv keys + these). Returns (logits [B,T,Vd] float32, prenorm [B,T,H], kv); head_last: logits
+        of the last entry only ([B,1,Vd]; the head is most of a long context's cost)."""
         if self.embed.numel() == 0:
             raise RuntimeError("the feature drafter has no target embeddings (set_embeddings)")
         L = self.midlayer
@@ -198,9 +199,9 @@ class FeatureDrafter(nn.Module):
         a, kv = L.self_attn(x, pos, mask, kv)
         h = a + (sn if self.cfg["norm_before_residual"] else states)
         h2 = h + L.mlp(L.post_attention_layernorm(h))
-        return self.lm_head(self.norm(h2)).float(), h2, kv
+        return self.lm_head(self.norm(h2[:, -1:] if head_last else h2)).float(), h2, kv
 
-    def forward(self, feats, tokens, key_mask, chain="all"):
+    def forward(self, feats, tokens, key_mask, chain="all", expand=None):
         """Drafting unrolled on its own states (EAGLE-3's training-time test), one pass per step.
 
         feats [B,T,3Ht] target features of T left-padded entries (key_mask [B,T], True = real);
@@ -209,8 +210,10 @@ class FeatureDrafter(nn.Module):
         - chain "all" (training): every column continues (tokens[i] [B,T]); column c at step i is the
           entry at position c+i and attends to step-0 keys at columns <= c and to its own steps 1..i,
           exactly the drafter's KV at runtime when a window starts after column c;
-        - chain "last" (windows): only the last column continues (tokens[i] [B,1]).
-        Returns a list of S logits: [B,T,Vd] each ("last": [B,T,Vd] then [B,1,Vd]).
+        - chain "last" (windows): only the last column continues (tokens[i] [N,1]); step 0 computes
+          the head of the last column only, and `expand` [N] (indices into the B contexts) lets N windows
+          share contexts (a PPOW group drafts G windows after one context: its entries run once).
+        Returns a list of S logits: [B,T,Vd] each ("last": [B,1,Vd] then [N,1,Vd]).
         """
         B, T = key_mask.shape
         dev = feats.device
@@ -226,9 +229,11 @@ class FeatureDrafter(nn.Module):
                 mask, p = torch.cat([m0] + [eye] * i, -1), pos + i
             else:
                 s = s[:, -1:]
-                mask = torch.cat([key_mask, key_mask.new_ones(B, i)], -1)[:, None, :]
+                if i == 1 and expand is not None:
+                    s, key_mask, kv = s[expand], key_mask[expand], (kv[0][expand], kv[1][expand])
+                mask = torch.cat([key_mask, key_mask.new_ones(len(key_mask), i)], -1)[:, None, :]
                 p = pos[-1:] + i
-            logits, s, kv = self.decode(tok, s, p, mask[:, None], kv)
+            logits, s, kv = self.decode(tok, s, p, mask[:, None], kv, head_last=chain == "last" and i == 0)
             out.append(logits)
         return out
 
@@ -251,6 +256,18 @@ def make_context(cache, t, ctx_len=0):
     return cache.hidden[lo:t].reshape(t - lo, -1), cache.tokens[lo + 1:t + 1]
 
 
+def unique_contexts(contexts):
+    """PPOW repeats each context object G times (one per window of a group): the distinct ones, in
+    order, and for each input its index among them."""
+    first, index = {}, []
+    for c in contexts:
+        index.append(first.setdefault(id(c), len(first)))
+    uniq = [None] * len(first)
+    for c in contexts:
+        uniq[first[id(c)]] = c
+    return uniq, torch.tensor(index)
+
+
 def pad_contexts(contexts, device):
     """Left-pad contexts -> feats [B,T,3Ht] float32, tokens [B,T], key_mask [B,T]."""
     T = max(len(c[1]) for c in contexts)
@@ -269,11 +286,15 @@ def forward_windows(model, contexts, cont):
     the context entries and j own-state steps fed cont[:, :j]. Differentiable (goes through forward)."""
     core = getattr(model, "module", model)
     dev = core.fc.weight.device
-    feats, toks, mask = pad_contexts(contexts, dev)
+    uniq, index = unique_contexts(contexts)
+    feats, toks, mask = pad_contexts(uniq, dev)
     cont = cont.to(dev)
+    index = index.to(dev)
     tokens = [toks] + [core.to_target(cont[:, j - 1:j]) for j in range(1, cont.shape[1])]
-    out = model(feats, tokens, mask, chain="last")
-    return torch.cat([out[0][:, -1:]] + out[1:], 1)
+    expand = None if len(uniq) == len(contexts) and bool((index == torch.arange(len(index), device=dev)).all()) else index
+    out = model(feats, tokens, mask, chain="last", expand=expand)
+    first = out[0] if expand is None else out[0][index]
+    return torch.cat([first] + out[1:], 1)
 
 
 @torch.no_grad()
@@ -283,11 +304,15 @@ def draft(model, contexts, k, greedy=True, temperature=1.0, generator=None, gath
     from .model import sample_loop
 
     dev = model.fc.weight.device
-    feats, toks, key_mask = pad_contexts(contexts, dev)
-    B, T = toks.shape
+    uniq, index = unique_contexts(contexts)
+    feats, toks, key_mask = pad_contexts(uniq, dev)
+    T = toks.shape[1]
     eye = torch.eye(T, dtype=torch.bool, device=dev)
     mask = (torch.ones(T, T, dtype=torch.bool, device=dev).tril() & key_mask[:, None, :]) | eye
-    logits, s, kv = model.decode(toks, model.encode(feats), torch.arange(T, device=dev), mask[:, None])
+    logits, s, kv = model.decode(toks, model.encode(feats), torch.arange(T, device=dev), mask[:, None], head_last=True)
+    index = index.to(dev)  # the contexts' entries ran once; each window continues from its own copy
+    logits, s, kv, key_mask = logits[index], s[index], (kv[0][index], kv[1][index]), key_mask[index]
+    B = len(index)
     st = dict(s=s[:, -1:], kv=kv, mask=key_mask)
 
     def step(j, t):  # entry at position T-1+j: (drafted token, previous prenorm)

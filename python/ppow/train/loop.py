@@ -47,7 +47,8 @@ class Trainer:
     def update(self, loss):
         check_finite(self.step, loss=loss.detach())
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with torch.autocast(torch.device(self.device).type, enabled=False):  # backward in the forward's dtypes
+            loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip if self.args.grad_clip > 0 else float("inf"))
         check_finite(self.step, grad_norm=gn)
         for g in self.opt.param_groups:
@@ -83,11 +84,15 @@ def run(args, model, vocab, info, step_fn, stage, rank=0, world=1, device="cpu")
         if rank == 0:
             C.save_checkpoint(ckpt, model, vocab, dict(info, step=step), optimizer=tr.opt, step=step)
 
+    # bf16 autocast: matmuls in bfloat16, softmax/log-softmax and reductions in fp32 (torch's autocast policy)
+    amp = torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                         enabled=getattr(args, "precision", "fp32") == "bf16")
     for step in range(start, stop):
         tr.step = step
         tr.lr = lr_at(step, args.steps, args.lr, args.warmup, args.schedule)
         model.train()
-        metrics = step_fn(tr, step)
+        with amp:
+            metrics = step_fn(tr, step)
         metrics = {k: (float(v) if torch.is_tensor(v) else v) for k, v in metrics.items()}
         log.log(stage=stage, step=step + 1, lr=tr.lr, **metrics)
         if bar is not None:

@@ -15,6 +15,8 @@ One step:
     stage-1 (KD) drafter, for ppo_epochs passes over the rollouts.
 """
 
+from dataclasses import dataclass
+
 import torch
 
 from . import drafters
@@ -78,9 +80,24 @@ def exact_target_window(target, cache, vocab, t, draft_row, topk):
     return vocab.to_draft_label(lg.argmax(-1)), p_ids, p, p_draft
 
 
+@dataclass
+class Windows:
+    """One batch of rolled-out windows, N = starts x group size, group-major; K = the longest window."""
+    contexts: list          # what each window's drafter conditioned on (drafters.py kind.contexts)
+    toks: torch.Tensor      # [N,K] drafted tokens (draft ids)
+    traj: torch.Tensor      # [N,K] the target's tokens there (draft labels, -100 outside the draft vocab)
+    k: torch.Tensor         # [N] window length
+    a: torch.Tensor         # [N] accepted length
+    reward: torch.Tensor    # [N] total reward
+    r_speed: torch.Tensor   # [N] Cost-Aware Speedup part (or a + 1 with it off)
+    r_prox: torch.Tensor    # [N] Distribution-Based Proximity part
+    adv: torch.Tensor       # [N] group-relative advantage
+    mask: torch.Tensor      # [N,K] positions that carry the advantage (--pg-positions)
+
+
 @torch.no_grad()
 def rollout(model, cache, vocab, starts, k, args, cost, generator, target=None):
-    """G sampled windows per start; verification; rewards; advantages. Returns a dict of tensors.
+    """G sampled windows per start; verification; rewards; advantages -> Windows.
 
     Default: greedy verification against the cached trajectory (exact under greedy verification).
     With args.exact_target the target is run on every drafted window (slow; needed for sampled
@@ -126,8 +143,8 @@ def rollout(model, cache, vocab, starts, k, args, cost, generator, target=None):
     adv = R.group_advantages(reward, G, args.adv_norm)
     j = torch.arange(K)[None, :]
     pos_mask = parts["decisive"] if args.pg_positions == "decisive" else (j < k_g[:, None])
-    return dict(contexts=ctx_g, toks=toks, traj=traj_g, k=k_g, a=a, reward=reward, adv=adv, mask=pos_mask,
-                r_speed=parts["speed"], r_prox=parts["prox"])
+    return Windows(contexts=ctx_g, toks=toks, traj=traj_g, k=k_g, a=a, reward=reward, r_speed=parts["speed"],
+                   r_prox=parts["prox"], adv=adv, mask=pos_mask)
 
 
 def ppo_loss(logits, old_logp, ref_logits, toks, adv, mask, clip=0.2, kl_coef=0.05, temperature=1.0):
@@ -179,28 +196,28 @@ def make_step_fn(model, ref, cache, vocab, args, rank=0, target=None):
         starts, k, score = choose_windows(model, cache, vocab, cand, args, cost)
         ro = rollout(model, cache, vocab, starts, k, args, cost, g, target)
         model.train()
-        toks, mask, adv = ro["toks"].to(dev), ro["mask"].to(dev), ro["adv"].to(dev)
+        toks, mask, adv = ro.toks.to(dev), ro.mask.to(dev), ro.adv.to(dev)
         with torch.no_grad():
-            old_logits = fw(model, ro["contexts"], toks)
+            old_logits = fw(model, ro.contexts, toks)
             old_logp = torch.log_softmax(old_logits / args.temperature, -1).gather(-1, toks[..., None]).squeeze(-1)
-            ref_logits = fw(ref, ro["contexts"], toks) if args.kl_coef > 0 else None
+            ref_logits = fw(ref, ro.contexts, toks) if args.kl_coef > 0 else None
         metrics = {}
         for _ in range(args.ppo_epochs):
-            logits = fw(tr.ddp, ro["contexts"], toks)
+            logits = fw(tr.ddp, ro.contexts, toks)
             loss, metrics = ppo_loss(logits, old_logp, ref_logits, toks, adv, mask, args.clip, args.kl_coef,
                                      args.temperature)
             if args.kd_coef > 0:
                 # optional anchor: teacher-forced CE on the selected windows' trajectory
-                ctx = ro["contexts"][:: args.group_size]
-                traj = ro["traj"][:: args.group_size].to(dev)
+                ctx = ro.contexts[:: args.group_size]
+                traj = ro.traj[:: args.group_size].to(dev)
                 tl = fw(tr.ddp, ctx, traj.clamp_min(0))
                 ce = torch.nn.functional.cross_entropy(tl.reshape(-1, tl.shape[-1]), traj.reshape(-1), ignore_index=-100)
                 loss = loss + args.kd_coef * ce
                 metrics["kd_ce"] = ce.detach()
             metrics["grad_norm"] = tr.update(loss)
         metrics.update(
-            reward=ro["reward"].mean(), r_speed=ro["r_speed"].mean(), r_prox=ro["r_prox"].mean(),
-            accepted=ro["a"].float().mean(), k_mean=ro["k"].float().mean(),
+            reward=ro.reward.mean(), r_speed=ro.r_speed.mean(), r_prox=ro.r_prox.mean(),
+            accepted=ro.a.float().mean(), k_mean=ro.k.float().mean(),
             window_score=score.mean() if score is not None else 0.0, loss=loss.detach())
         return metrics
 

@@ -1,9 +1,13 @@
 """PPOW window rewards.
 
 Cost-Aware Speedup Reward (per window):
-    r_speed = (a + 1) * T_t(1) / (T_t(k + 1) + k * T_d(1))
+    r_speed = (a + 1) * T_t(1) / C(k, a)
+    C(k, a) = T_t(k + 1) + k * T_d(1)                         (standalone drafter)
+            = T_t(k + 1) + (k - 1) * T_d(1) + (a + 1) * T_c   (feature drafter, as the engine counts it)
 the realised speedup of one verify step over plain decoding: a accepted drafted tokens plus the target's
-bonus token, at the price of k drafter passes and one target pass over k+1 tokens.
+bonus token, at the price of one target pass over k+1 tokens and the drafter's passes. A feature drafter
+takes every committed position in (its catch-up batch, T_c per position, whose last row is also its first
+draft step), so its window cost grows with what the window commits.
 
 Distribution-Based Proximity Reward (per window):
     r_prox = mean over decisive positions j of  sum_v min(p_j(v), q_j(v))
@@ -20,23 +24,25 @@ import torch
 
 
 class CostModel:
-    """T_target(n) for a verify pass over n tokens and T_draft(1), in ms (or any common unit).
+    """T_target(n) for a verify pass over n tokens, T_draft(1) and (feature drafters) the catch-up cost
+    per committed position T_c, in ms (or any common unit): `Generator.cost_profile()`'s JSON.
 
     target_ms: {n: ms} measured points; between points linear interpolation, beyond the last point linear
     extrapolation with the slope of the last two points (a single point: T(n) = T(1) * n).
     """
 
-    def __init__(self, target_ms, draft_ms):
+    def __init__(self, target_ms, draft_ms, catchup_ms=None):
         pts = sorted((int(n), float(v)) for n, v in target_ms.items())
         if not pts or pts[0][0] != 1:
             raise ValueError("cost profile needs target_ms for n=1")
         self.pts, self.draft_ms = pts, float(draft_ms)
+        self.catchup_ms = None if catchup_ms is None else float(catchup_ms)
 
     @classmethod
     def from_json(cls, path):
         with open(path) as f:
             d = json.load(f)
-        return cls(d["target_ms"], d["draft_ms"])
+        return cls(d["target_ms"], d["draft_ms"], d.get("catchup_ms"))
 
     @classmethod
     def linear(cls, t1, per_token, draft_ms):
@@ -55,12 +61,21 @@ class CostModel:
         (x0, y0), (x1, y1) = self.pts[-2], self.pts[-1]
         return y1 + (y1 - y0) / (x1 - x0) * (n - x1)
 
-    def speedup_scale(self, k):
-        """T_t(1) / (T_t(k+1) + k T_d(1)): the speedup per accepted-plus-bonus token at window length k."""
-        return self.target(1) / (self.target(k + 1) + k * self.draft_ms)
+    def window_ms(self, k, a):
+        """C(k, a): one verify step drafting k tokens of which a are accepted (a may be an expectation)."""
+        if self.catchup_ms is None:
+            return self.target(k + 1) + k * self.draft_ms
+        return self.target(k + 1) + max(k - 1, 0) * self.draft_ms + (a + 1.0) * self.catchup_ms
+
+    def speedup(self, k, a):
+        """(a + 1) T_t(1) / C(k, a): tokens per plain-step time of a window of k with a accepted."""
+        return (a + 1.0) * self.target(1) / self.window_ms(k, a)
 
     def to_dict(self):
-        return {"target_ms": {str(n): v for n, v in self.pts}, "draft_ms": self.draft_ms}
+        d = {"target_ms": {str(n): v for n, v in self.pts}, "draft_ms": self.draft_ms}
+        if self.catchup_ms is not None:
+            d["catchup_ms"] = self.catchup_ms
+        return d
 
 
 def accepted_length(draft, target_tokens, k):
@@ -82,8 +97,8 @@ def decisive_mask(a, k, K):
 
 def speedup_reward(a, k, cost):
     """Cost-Aware Speedup Reward for accepted lengths a [B] at window lengths k [B]."""
-    scale = torch.tensor([cost.speedup_scale(int(x)) for x in k.tolist()], dtype=torch.float32, device=a.device)
-    return (a.float() + 1.0) * scale
+    r = [cost.speedup(kk, aa) for kk, aa in zip(k.tolist(), a.tolist())]
+    return torch.tensor(r, dtype=torch.float32, device=a.device)
 
 
 def overlap(p_topk, q_at_topk):

@@ -13,7 +13,7 @@ Adaptive window length (documented choice; the paper does not pin it down). From
 probability s_j = q_j(target token j) of drafting the target's token at window position j, the expected
 accepted length of a k-window under sampling is E[a_k] = sum_{j<=k} prod_{i<=j} s_i. Mode "speedup"
 picks k in [k_min, k_max] maximising the expected Cost-Aware Speedup (E[a_k] + 1) * T_t(1) /
-(T_t(k+1) + k T_d(1)), i.e. the window the runtime should draft here given the cost profile; mode
+C(k, E[a_k]) (rewards.py), i.e. the window the runtime should draft here given the cost profile; mode
 "expected" uses k = clip(ceil(E[a_kmax]) + 1, k_min, k_max) (just past where the drafter is expected to
 fail, so the decisive position falls inside the window); "off" keeps a fixed k.
 """
@@ -56,8 +56,8 @@ def adaptive_k(s, k_min, k_max, mode="speedup", cost=None):
         if cost is None:
             raise ValueError("adaptive k mode 'speedup' needs a cost model")
         ks = torch.arange(k_min, k_max + 1)
-        scale = torch.tensor([cost.speedup_scale(int(k)) for k in ks])
-        exp_speed = (ea[:, ks - 1] + 1.0) * scale[None, :]
+        exp_speed = torch.tensor([[cost.speedup(int(k), float(e)) for k, e in zip(ks, row[ks - 1])]
+                                  for row in ea])
         return ks[exp_speed.argmax(1)]
     raise ValueError(f"unknown adaptive k mode {mode!r}")
 
