@@ -300,6 +300,7 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
                 req.n_max = k;
                 req.sampling = &gp.sampling;
                 req.need_confidence = gp.policy == DraftPolicy::Auto || gp.draft_p_min > 0.0f;
+                if (probe) req.max_catchup = kProbeCatchup;
                 req.keep = [&](int j, float p) {
                     if (req.need_confidence && p < gp.draft_p_min) return false;
                     if (!auto_rule) return true;

@@ -118,6 +118,9 @@ private:
     std::vector<int32_t> scratch_;
     DraftResult draft_;
     int plain_since_probe_ = 0, probe_interval_ = 8;
+    // A probe window's feature drafter takes in only this many recent positions: its cost stays
+    // bounded however long the plain run before it was (the useless-drafter case).
+    static constexpr int kProbeCatchup = 32;
     // Largest verify batch whose logits match single-token decoding bit for bit on llama.cpp's CPU
     // backend (measured: batches of >= 8 take other matmul kernels and drift in the last bits,
     // which flips near-tied argmaxes). Larger windows are verified in chunks of this size.

@@ -198,8 +198,9 @@ void FeatureDrafter::draft(const DraftRequest & req, DraftResult & out, Rng & rn
     // drafter reads the target's features there, and the catch-up of a useless drafter's rare probe
     // windows stays bounded. llama.cpp wants a sequence's positions consecutive, so skipping restarts
     // the drafter's cache at the first position kept (RoPE positions stay the true ones).
-    if (n + 1 - kMaxCatchup > n_entries_) {
-        n_entries_ = n + 1 - kMaxCatchup;
+    const int max_catchup = std::max(1, std::min(kMaxCatchup, req.max_catchup));
+    if (n + 1 - max_catchup > n_entries_) {
+        n_entries_ = n + 1 - max_catchup;
         drop_kv_from(0);
     }
     const int m = n + 1 - n_entries_;

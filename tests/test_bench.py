@@ -155,6 +155,22 @@ def test_cli_reports_a_broken_speculative_output(tmp_path, prompt_file, tiny_tar
     assert "FAILED: 3 of 3" in (out / "report.md").read_text(encoding="utf-8")
 
 
+def test_prompt_lookup_peer(tmp_path, prompt_file, tiny_target_gguf):
+    """llama-cpp-python's prompt-lookup decoding runs as a peer with its own plain baseline; it drafts
+    from repeated n-grams, so on prompts with repeats it drafts something, and its drafts are judged."""
+    rows = [{"question_id": i, "category": "writing", "turns": [("a b c d a b c d a b c d " * 3).strip()]} for i in range(2)]
+    prompts = tmp_path / "rep.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "out"
+    rc, rep = run_cli(["--prompts", prompts, "--target", tiny_target_gguf, "-n", 12, "--k", "3", "--no-auto",
+                       "--peers", "prompt-lookup", "--template", "raw", "-o", out])
+    assert rc == 0 and rep["peer_mismatches"] == []
+    names = [s["name"] for s in rep["systems"]]
+    assert names == ["ppow plain", "llama-cpp-python plain", "llama-cpp-python prompt-lookup k=3"]
+    acc = rep["results"]["llama-cpp-python prompt-lookup k=3"]["overall"]["acceptance_by_position"]
+    assert len(acc["drafted"]) == 3 and acc["drafted"][0] > 0
+
+
 def test_first_mismatch_and_check_outputs():
     assert first_mismatch([1, 2, 3], [1, 2, 3]) is None
     assert first_mismatch([1, 2, 3], [1, 5, 3]) == 1
@@ -184,6 +200,8 @@ def test_load_prompts(prompt_file, tmp_path):
     assert load_prompts(prompt_file, "raw")[2].text.startswith("def add(a, b):\n")
     assert load_prompts(prompt_file, "raw", limit=1)[0].text == "The quick brown fox"
     with pytest.raises(ValueError, match="unknown template"):
+        load_prompts(prompt_file, "vicuna")
+    with pytest.raises(ValueError, match="needs the target GGUF"):  # the target's own (tests/test_targets.py)
         load_prompts(prompt_file, "chat")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"category": "x"}\n', encoding="utf-8")

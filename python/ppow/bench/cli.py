@@ -20,7 +20,7 @@ import random
 import sys
 from pathlib import Path
 
-PEERS = ("llama-cpp-python", "hf")
+PEERS = ("llama-cpp-python", "prompt-lookup", "hf")
 
 
 def named_path(text: str) -> tuple[str, str]:
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ppow-bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", required=True, help="Spec-Bench jsonl (question_id, category, turns)")
-    ap.add_argument("--target", help="target GGUF (default: Gemma 3 270M Q4_K_M)")
+    ap.add_argument("--target", help="target GGUF or name: gemma3-270m (default), smollm2-135m (ppow.models)")
     ap.add_argument("--drafter", action="append", type=named_path, default=[], metavar="NAME=PATH.gguf",
                     help="drafter GGUF (repeatable; a bare path is named after its file stem)")
     ap.add_argument("--drafter-hf", action="append", type=named_path, default=[], metavar="NAME=DIR",
@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--limit", type=int, help="use the first N prompts (after --per-category)")
     ap.add_argument("--per-category", type=int, help="use the first N prompts of each category")
     ap.add_argument("--template", choices=sorted(TEMPLATES), default="qa",
-                    help="prompt template: qa = 'Question: {q}\\nAnswer:' (default), raw = the first turn as is")
+                    help="prompt template: qa = 'Question: {q}\\nAnswer:' (default), raw = the first turn as is, "
+                         "chat = one user turn in the target GGUF's own chat template (ppow.templates)")
     ap.add_argument("--temp", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed and system-order shuffle seed")
     ap.add_argument("--k", type=int_list, default=[2, 4, 8], metavar="K[,K...]", help="fixed draft windows (default 2,4,8)")
@@ -78,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for every engine (default 0: all)")
     ap.add_argument("--ctx", type=int, default=0, help="context size (default: longest prompt + n + window + margin)")
     ap.add_argument("--peers", type=peer_list, default=["llama-cpp-python"],
-                    help="comma-separated peers: llama-cpp-python, hf, or none (default llama-cpp-python)")
+                    help="comma-separated peers: llama-cpp-python (plain and with each token drafter), "
+                         "prompt-lookup (llama-cpp-python's LlamaPromptLookupDecoding at each --k), hf, or none "
+                         "(default llama-cpp-python)")
     ap.add_argument("--peer-repack", action="store_true",
                     help="let llama-cpp-python repack weights (its default; ppow does not, for batch-invariant "
                          "verification, and neither does the peer unless this is given)")
@@ -191,6 +194,29 @@ def llamacpp_systems(args, target, n_ctx, skipped, closers):
     return systems
 
 
+def prompt_lookup_systems(args, target, n_ctx, closers):
+    """llama-cpp-python's prompt-lookup decoding: the free drafter every llama-cpp-python user has."""
+    from ppow.bench.peer_llamacpp import LlamaCppRunner, PromptLookupDraft, load_llama
+    from ppow.bench.runners import System
+
+    kind = "llama-cpp-python"
+    systems = []
+    if "llama-cpp-python" not in args.peers:  # its baseline: llama-cpp-python's plain decoding
+        plain = load_llama(target, n_ctx, args.threads, repack=args.peer_repack)
+        closers.append(plain.close)
+        systems.append(System(f"{kind} plain", kind, LlamaCppRunner(plain, args.n_predict, args.temp, args.seed),
+                              notes=["Llama.generate without a draft model"]))
+    draft = PromptLookupDraft()
+    spec = load_llama(target, n_ctx, args.threads, draft_model=draft, repack=args.peer_repack)
+    closers.append(spec.close)
+    notes = ["Llama(draft_model=LlamaPromptLookupDecoding) (max_ngram_size 2): drafts only where the "
+             "last tokens occurred before in the prompt or output"]
+    return systems + [System(f"{kind} prompt-lookup k={k}", kind,
+                             LlamaCppRunner(spec, args.n_predict, args.temp, args.seed, draft=draft, k=k),
+                             baseline=f"{kind} plain", drafter="prompt-lookup", policy="fixed", k=k, notes=notes)
+                      for k in args.k]
+
+
 def hf_systems(args, target, skipped):
     from ppow.bench import peer_hf
     from ppow.bench.runners import System
@@ -273,18 +299,20 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     check_args(ap, args)
 
-    import ppow
     from ppow import Generator, PpowError
     from ppow.bench.analysis import add_speedups, check_outputs, summarize_all
     from ppow.bench.plots import write_plots
     from ppow.bench.prompts import load_prompts
     from ppow.bench.report import overall_table, write_report
+    from ppow.models import resolve_target
+    from ppow.templates import parse_special
 
     try:  # mistakes in the inputs: a message, not a traceback
-        prompts = load_prompts(args.prompts, args.template, args.limit, args.per_category)
-        target = args.target or ppow.default_target()
+        target = resolve_target(args.target)
+        prompts = load_prompts(args.prompts, args.template, args.limit, args.per_category, target=target)
+        special = parse_special(args.template)  # a chat template's turn markers are control tokens
         with Generator(target, n_ctx=64) as tok:  # tokenize once: every system gets the same ids
-            ids = [tok.tokenize(p.text, add_special=True) for p in prompts]
+            ids = [tok.tokenize(p.text, add_special=True, parse_special=special) for p in prompts]
     except (PpowError, ValueError, OSError) as e:
         print(f"ppow-bench: error: {e}", file=sys.stderr)
         return 2
@@ -301,6 +329,8 @@ def main(argv=None) -> int:
         systems = ppow_systems(args, target, n_ctx, closers)
         if "llama-cpp-python" in args.peers:
             systems += llamacpp_systems(args, target, n_ctx, skipped, closers)
+        if "prompt-lookup" in args.peers:
+            systems += prompt_lookup_systems(args, target, n_ctx, closers)
         if "hf" in args.peers:
             systems += hf_systems(args, target, skipped)
         print(f"ppow-bench: {len(prompts)} prompts, {len(systems)} systems, n={args.n_predict}", file=sys.stderr)

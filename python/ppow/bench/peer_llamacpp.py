@@ -147,6 +147,27 @@ class GGUFDraftModel(LlamaDraftModel):
         return out.astype(np.intc)
 
 
+class PromptLookupDraft(LlamaDraftModel):
+    """llama-cpp-python's own prompt-lookup drafting (LlamaPromptLookupDecoding: the continuation of
+    the latest earlier match of the last 1..max_ngram tokens, up to k tokens; none when nothing
+    matches), logged like GGUFDraftModel so acceptance is counted the same way."""
+
+    def __init__(self, k=4, max_ngram_size=2):
+        from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+        self.k, self.max_ngram_size, self.log = k, max_ngram_size, []
+        self._find = LlamaPromptLookupDecoding.find_candidate_pred_tokens
+
+    def prime(self, ids):
+        pass  # nothing to precompute: it reads the ids it is given
+
+    def __call__(self, input_ids, /, **kwargs):
+        out = self._find(np.asarray(input_ids, dtype=np.intc), self.max_ngram_size, self.k)
+        if len(out):
+            self.log.append((len(input_ids), [int(t) for t in out]))
+        return np.asarray(out, dtype=np.intc)
+
+
 class LlamaCppRunner:
     """Greedy (temperature 0, top_k 1) or sampled generation through Llama.generate, timed from
     the call to the last token kept; the prompt (all but its last token) is evaluated in prime()."""

@@ -2,7 +2,8 @@
 
 Only the first turn is used (the bench is single-turn); the template turns it into the text the
 target sees. Gemma 3 270M is a base model, so the default `qa` template frames the question as a
-completion rather than relying on a chat format.
+completion rather than relying on a chat format; an instruction-tuned target (SmolLM2-135M-Instruct)
+takes `chat`, its GGUF's own chat template, which needs the target's path.
 """
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ class Prompt:
     text: str
 
 
-def load_prompts(path, template: str = "qa", limit: int | None = None, per_category: int | None = None) -> list[Prompt]:
+def load_prompts(path, template: str = "qa", limit: int | None = None, per_category: int | None = None,
+                 target: str | None = None) -> list[Prompt]:
     """Read a Spec-Bench jsonl, keep the first `per_category` of each category (in file order),
-    then the first `limit` of what is left."""
+    then the first `limit` of what is left. `target` (a GGUF path) is needed by the chat template."""
     if template not in TEMPLATES:
         raise ValueError(f"unknown template {template!r} (choose from {', '.join(TEMPLATES)})")
     out, seen = [], {}
@@ -42,7 +44,7 @@ def load_prompts(path, template: str = "qa", limit: int | None = None, per_categ
             if per_category is not None and seen.get(cat, 0) >= per_category:
                 continue
             seen[cat] = seen.get(cat, 0) + 1
-            out.append(Prompt(qid=qid, category=cat, text=apply_template(template, q)))
+            out.append(Prompt(qid=qid, category=cat, text=apply_template(template, q, target)))
     if limit is not None:
         out = out[:limit]
     if not out:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 
@@ -16,9 +17,11 @@ DEFAULT_PROMPT = "Question: What are three simple ways to save energy at home?\n
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ppow-run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-m", "--model", help="target GGUF (default: Gemma 3 270M Q4_K_M)")
-    ap.add_argument("-md", "--model-draft", help="drafter GGUF (default with no -m: the shipped PPOW drafter; "
-                                                 "'none' for plain decoding)")
+    ap.add_argument("-m", "--model", help="target GGUF or name: gemma3-270m (Gemma 3 270M Q4_K_M, the default), "
+                                          "smollm2-135m (SmolLM2-135M-Instruct Q4_1)")
+    ap.add_argument("-md", "--model-draft", help="drafter GGUF, or the kind of a drafter shipped for a named target "
+                                                 "(kd, ppow); default with a named target: its shipped PPOW drafter; "
+                                                 "'none' for plain decoding")
     ap.add_argument("-p", "--prompt")
     ap.add_argument("-f", "--file", help="read the prompt from a file")
     ap.add_argument("-n", "--n-predict", type=int, default=128)
@@ -58,6 +61,29 @@ def read_prompt(args) -> str:
     return DEFAULT_PROMPT
 
 
+def resolve_models(model, model_draft):
+    """(target path, drafter path or None) from -m and -md. -m takes a target name (ppow.models.TARGETS)
+    or a GGUF path; with a name (or no -m), -md takes a shipped drafter kind ("kd", "ppow") and its
+    absence means the target's shipped PPOW drafter (plain decoding, said on stderr, if none ships)."""
+    import ppow
+    from ppow.models import DEFAULT_TARGET, TARGETS, shipped_drafters
+
+    name = DEFAULT_TARGET if model is None else (model if model in TARGETS else None)
+    target = ppow.default_target(name) if name else model
+    if model_draft in ("none", ""):
+        return target, None
+    if model_draft is None:
+        if name is None:
+            return target, None
+        if f"{name}-ppow" in shipped_drafters(name):
+            return target, ppow.default_drafter("ppow", name)
+        print(f"ppow-run: no shipped drafter for {name}; decoding plainly", file=sys.stderr)
+        return target, None
+    if name and not os.path.isfile(model_draft) and "/" not in model_draft and not model_draft.endswith(".gguf"):
+        return target, ppow.default_drafter(model_draft, name)  # a shipped drafter's kind
+    return target, model_draft
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import ppow
@@ -68,17 +94,7 @@ def main(argv=None) -> int:
         return 0
     try:
         prompt = read_prompt(args)
-        target = args.model or ppow.default_target()
-        drafter = args.model_draft
-        if drafter is None and args.model is None:
-            # The embedded default: Gemma 3 270M with the shipped PPOW drafter (plain decoding if a
-            # build ships without drafters, said once on stderr rather than failing).
-            if "gemma3-270m-ppow" in ppow.models.shipped_drafters():
-                drafter = ppow.default_drafter("ppow")
-            else:
-                print("ppow-run: no shipped drafter found; decoding plainly", file=sys.stderr)
-        if drafter in ("none", ""):
-            drafter = None
+        target, drafter = resolve_models(args.model, args.model_draft)
         gen = Generator(target, drafter, n_ctx=args.ctx_size, n_batch=args.batch_size, n_threads=args.threads,
                         n_gpu_layers=args.n_gpu_layers, n_gpu_layers_draft=args.n_gpu_layers_draft,
                         batch_invariant=not args.no_batch_invariant)

@@ -17,15 +17,14 @@ import time
 
 import torch
 
-from ppow.templates import TEMPLATES
+from ppow.templates import TEMPLATES, parse_special
 
 
 def _target_path(p):
-    if p in (None, "", "gemma3-270m"):
-        from .data import default_target_path
+    """A target name (ppow.models.TARGETS; none: the default, Gemma 3 270M) or a path."""
+    from ppow.models import resolve_target
 
-        return default_target_path()
-    return p
+    return resolve_target(p or None)
 
 
 def add_common_train(ap):
@@ -47,6 +46,9 @@ def add_common_train(ap):
     ap.add_argument("--stop-after", type=int, default=0, help="stop (checkpointed) after this many steps this run")
     ap.add_argument("--device", default=None)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: autocast forward passes to bfloat16 (weights, optimizer and losses' "
+                         "reductions stay fp32); about 2x faster on CPUs with AMX or AVX512-BF16")
     ap.add_argument("--quiet", action="store_true")
 
 
@@ -66,7 +68,8 @@ def build_parser():
     d.add_argument("--temp", type=float, default=0.0, help="engine: 0 = greedy; > 0 samples (seeded by --seed)")
     d.add_argument("--prompts", default=None, help="jsonl (text|turns) or plain text, one prompt per line")
     d.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0 = all cores; 1 on a busy machine)")
-    d.add_argument("--template", choices=sorted(TEMPLATES), default="raw", help="prompt template (ppow.templates)")
+    d.add_argument("--template", choices=sorted(TEMPLATES), default="raw",
+                   help="prompt template (ppow.templates); chat: the target GGUF's own chat template")
     d.add_argument("--limit", type=int, default=None)
     d.add_argument("--offset", type=int, default=0)
     d.add_argument("--seed-prefixes", type=int, default=0, help="with no --prompts: number of seed-prefix sequences")
@@ -152,7 +155,8 @@ def build_parser():
                                                   "target recorded at training)")
     e.add_argument("--backend", choices=["auto", "llama", "torch"], default="auto")
     e.add_argument("--limit", type=int, default=None)
-    e.add_argument("--template", choices=sorted(TEMPLATES), default="raw", help="prompt template (ppow.templates)")
+    e.add_argument("--template", choices=sorted(TEMPLATES), default="raw",
+                   help="prompt template (ppow.templates); chat: the target GGUF's own chat template")
     e.add_argument("--max-new", type=int, default=128)
     e.add_argument("--prompt-tail", type=int, default=0, help="0 = whole prompt (as much as fits n_ctx)")
     e.add_argument("--n-ctx", type=int, default=0)
@@ -194,7 +198,7 @@ def cmd_data(args):
 
         if not args.prompts:
             raise SystemExit("ppow-train data: the engine backend needs --prompts")
-        prompts = read_prompts(args.prompts, args.limit, args.offset, args.template)
+        prompts = read_prompts(args.prompts, args.limit, args.offset, args.template, target=path)
         summary = build_engine_cache(
             path, args.out, prompts, template=args.template, max_new=args.max_new, prompt_tail=args.prompt_tail,
             topk=args.topk, layers=[] if args.layers == "none" else args.layers, n_parallel=args.n_parallel,
@@ -209,7 +213,8 @@ def cmd_data(args):
     n_ctx = args.n_ctx or (args.prompt_tail + args.max_new + 8 + (8 if args.seed_prefixes else 0))
     t0 = time.time()
     target = load_target(path, args.backend, n_ctx=n_ctx, n_threads=args.threads or None)
-    prompts = read_prompts(args.prompts, args.limit, args.offset, args.template) if args.prompts else None
+    target.parse_special = parse_special(args.template)
+    prompts = read_prompts(args.prompts, args.limit, args.offset, args.template, target=path) if args.prompts else None
     meta = build_cache(target, args.out, prompts, max_new=args.max_new, prompt_tail=args.prompt_tail,
                        topk=args.topk, shard_size=args.shard_size, seed_prefixes=args.seed_prefixes,
                        seed_sample_tokens=args.seed_sample_tokens, seed=args.seed, target_path=os.path.abspath(path),
@@ -366,7 +371,7 @@ def cmd_eval(args):
         import tempfile
 
         cache_dir = args.work_dir or tempfile.mkdtemp(prefix="ppow-eval-")
-        prompts = read_prompts(args.prompts, args.limit, template=args.template)
+        prompts = read_prompts(args.prompts, args.limit, template=args.template, target=tpath or _target_path(None))
         n_ctx = args.n_ctx or 2048
         tail = args.prompt_tail or (n_ctx - args.max_new - 8)  # whole prompt, unless it cannot fit
         if feature:  # the target's features along its own continuations: the engine's data path

@@ -41,11 +41,12 @@ def sha256_of(path, chunk=1 << 22):
     return h.hexdigest()
 
 
-def read_prompts(path, limit=None, offset=0, template="raw"):
+def read_prompts(path, limit=None, offset=0, template="raw", target=None):
     """Prompts from jsonl (`text`, or `turns` whose first turn is used) or plain text (one per line).
 
     Returns dicts {text, category, id}; category comes from a `category` field (else "all").
-    `template` (see ppow.templates) frames each prompt, e.g. "qa" for a base model.
+    `template` (see ppow.templates) frames each prompt, e.g. "qa" for a base model, "chat" (the
+    target GGUF's own chat template, `target` its path) for an instruction-tuned one.
     """
     from ppow.templates import apply_template
 
@@ -65,10 +66,10 @@ def read_prompts(path, limit=None, offset=0, template="raw"):
                     text = turns[0] if isinstance(turns, list) else str(turns)
                 else:
                     raise ValueError(f"{path}:{i + 1}: jsonl rows need a `text` or `turns` field")
-                out.append({"text": apply_template(template, text), "category": str(d.get("category", "all")),
+                out.append({"text": apply_template(template, text, target), "category": str(d.get("category", "all")),
                             "id": str(d.get("question_id", d.get("id", i)))})
             else:
-                out.append({"text": apply_template(template, line), "category": "all", "id": str(i)})
+                out.append({"text": apply_template(template, line, target), "category": "all", "id": str(i)})
     out = out[offset:]
     return out[:limit] if limit is not None else out
 
@@ -181,7 +182,10 @@ class HFTarget(Target):
 
 
 class LlamaCppTarget(Target):
-    """GGUF through llama-cpp-python with logits for every position (logits_all)."""
+    """GGUF through llama-cpp-python with logits for every position (logits_all). parse_special: tokenize
+    special-token text as those tokens (set for prompts in a chat template)."""
+
+    parse_special = False
 
     def __init__(self, path, n_ctx=1024, n_threads=None, identity=None):
         import llama_cpp
@@ -218,7 +222,7 @@ class LlamaCppTarget(Target):
                 break
 
     def tokenize(self, text):
-        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False))
+        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=self.parse_special))
 
     def _eval_rows(self, ids):
         n0 = self.llm.n_tokens

@@ -128,6 +128,7 @@ def build_engine_cache(target_path, out_dir, prompts, *, template="raw", max_new
     """
     from ppow import _core
     from ppow.errors import PpowError
+    from ppow.templates import parse_special
 
     from .data import sha256_of
 
@@ -168,13 +169,19 @@ def build_engine_cache(target_path, out_dir, prompts, *, template="raw", max_new
     next_shard = 1 + max((n for n, _ in done), default=-1)
     todo = [i for i in range(len(prompts)) if i not in done_idx]
 
-    def prompt_ids(text):
-        ids = gen.tokenize(text, True)
+    def prompt_ids(text, tokenize):
+        ids = tokenize(text)
         bos = ids[:1] if ids and ids[0] == gen.bos else []
         body = ids[len(bos):]
         return bos + (body[-prompt_tail:] if prompt_tail and len(body) > prompt_tail else body)
 
-    todo_ids = [prompt_ids(prompts[i]["text"]) for i in todo]
+    if parse_special(template):  # a chat template's turn markers must become control tokens, which
+        from ppow import Generator  # DataGen.tokenize does not parse: tokenize with a Generator
+
+        with Generator(target_path, n_ctx=64, n_threads=1) as tok:
+            todo_ids = [prompt_ids(prompts[i]["text"], lambda t: tok.tokenize(t, True, True)) for i in todo]
+    else:
+        todo_ids = [prompt_ids(prompts[i]["text"], lambda t: gen.tokenize(t, True)) for i in todo]
     longest = max((len(t) for t in todo_ids), default=0)
     if longest + max_new + 1 > ctx_per_seq:  # --prompt-tail 0 (whole prompts): size the context for them
         ctx_per_seq = longest + max_new + 1
