@@ -459,6 +459,21 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, work, stage):
     assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
 
 
+def test_cpu_budget_finishes_early_and_counts_across_resumes(tmp_path, work):
+    """--cpu-budget: the run ends (OUT/final) once its steps used that many CPU-seconds, long before
+    --steps; the count survives a resume."""
+    base = ["kd", "--cache", str(work["dir"] / "train"), *KD_ARGS, "--steps", "100000", "--warmup", "3",
+            "--schedule", "constant", "--cpu-budget", "1.5", *COMMON, "-o", str(tmp_path / "b")]
+    cli.run(base + ["--stop-after", "2", "--save-every", "1"])  # "killed" early: no final yet
+    assert not os.path.exists(tmp_path / "b" / "final")
+    cli.run(base + ["--resume"])
+    _, _, info = C.load_drafter(str(tmp_path / "b" / "final"))
+    rows = [json.loads(x) for x in open(tmp_path / "b" / "metrics.jsonl")]
+    assert 2 < info["step"] < 100000 and info["step"] == rows[-1]["step"]
+    assert info["cpu_seconds"] >= 1.5 and rows[-2]["cpu_seconds"] < 1.5  # stopped at the first step past it
+    assert all(b["cpu_seconds"] > a["cpu_seconds"] for a, b in zip(rows, rows[1:]))  # carried across the resume
+
+
 def test_nan_guard_stops_with_clear_error(tmp_path, work):
     c = work["train"]
     args = args_for("kd", ["--steps", "3"])

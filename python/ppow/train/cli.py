@@ -44,6 +44,9 @@ def add_common_train(ap):
     ap.add_argument("--save-every", type=int, default=200)
     ap.add_argument("--resume", action="store_true", help="continue from OUT/ckpt if it exists")
     ap.add_argument("--stop-after", type=int, default=0, help="stop (checkpointed) after this many steps this run")
+    ap.add_argument("--cpu-budget", type=float, default=0,
+                    help="finish (OUT/final) once training steps have used this many CPU-seconds (all threads "
+                         "of this process): equal-compute comparisons; pair with --schedule constant")
     ap.add_argument("--device", default=None)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",

@@ -9,6 +9,7 @@ Layout of a run dir OUT:
 
 import json
 import os
+import time
 
 import torch
 
@@ -63,13 +64,14 @@ def run(args, model, vocab, info, step_fn, stage, rank=0, world=1, device="cpu")
     os.makedirs(out, exist_ok=True)
     ckpt = os.path.join(out, "ckpt")
     tr = Trainer(model, args, rank, world, device)
-    start = 0
+    start, cpu_used = 0, 0.0
     if args.resume:
         src = ckpt if C.has_trainer_state(ckpt) else (ckpt + ".old" if C.has_trainer_state(ckpt + ".old") else None)
         if src is not None:
             C.load_weights(model, src)
             old_info = C.read_info(src)
             start, _, _ = C.load_trainer_state(src, tr.opt)
+            cpu_used = float(old_info.get("cpu_seconds", 0.0))
             changed = {k: (old_info.get("args", {}).get(k), v) for k, v in info.get("args", {}).items()
                        if k not in ("resume", "stop_after", "steps", "out") and old_info.get("args", {}).get(k) != v}
             if changed and rank == 0:
@@ -82,19 +84,27 @@ def run(args, model, vocab, info, step_fn, stage, rank=0, world=1, device="cpu")
 
     def save(step):
         if rank == 0:
-            C.save_checkpoint(ckpt, model, vocab, dict(info, step=step), optimizer=tr.opt, step=step)
+            C.save_checkpoint(ckpt, model, vocab, dict(info, step=step, cpu_seconds=round(cpu_used, 2)),
+                              optimizer=tr.opt, step=step)
 
     # bf16 autocast: matmuls in bfloat16, softmax/log-softmax and reductions in fp32 (torch's autocast policy)
     amp = torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
                          enabled=getattr(args, "precision", "fp32") == "bf16")
+    # CPU-seconds of the steps (all threads of this process; carried across resumes in the checkpoint info)
+    budget = getattr(args, "cpu_budget", 0) or 0
     for step in range(start, stop):
+        if budget and cpu_used >= budget:
+            stop = step  # the budget is spent: this is the final drafter
+            break
+        c0 = time.process_time()
         tr.step = step
         tr.lr = lr_at(step, args.steps, args.lr, args.warmup, args.schedule)
         model.train()
         with amp:
             metrics = step_fn(tr, step)
         metrics = {k: (float(v) if torch.is_tensor(v) else v) for k, v in metrics.items()}
-        log.log(stage=stage, step=step + 1, lr=tr.lr, **metrics)
+        cpu_used += time.process_time() - c0
+        log.log(stage=stage, step=step + 1, lr=tr.lr, cpu_seconds=round(cpu_used, 2), **metrics)
         if bar is not None:
             bar.update(1)
             bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if isinstance(v, float)}, refresh=False)
@@ -104,10 +114,11 @@ def run(args, model, vocab, info, step_fn, stage, rank=0, world=1, device="cpu")
         bar.close()
     save(stop)
     final = os.path.join(out, "final")
-    if stop == args.steps and rank == 0:
-        C.save_checkpoint(final, model, vocab, dict(info, step=stop))
+    done = stop == args.steps or (budget and cpu_used >= budget)
+    if done and rank == 0:
+        C.save_checkpoint(final, model, vocab, dict(info, step=stop, cpu_seconds=round(cpu_used, 2)))
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()
-    return final if stop == args.steps else ckpt
+    return final if done else ckpt
