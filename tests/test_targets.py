@@ -100,6 +100,20 @@ def test_ppow_run_decodes_smollm2_by_name(capsys):
     assert len(out["tokens"]) == 8 and "Paris" in out["text"]
 
 
+@pytest.mark.real
+def test_ppow_run_chat_sends_one_user_turn(capsys):
+    """--chat: the prompt in SmolLM2's own chat template, markers tokenized as control tokens (the
+    plain "Question: ..." framing makes this instruct model stop at once)."""
+    from ppow.cli.run import main
+
+    assert main(["-m", "smollm2-135m", "-md", "none", "--chat", "-n", "12", "-t", "1", "--json",
+                 "-p", "Name three colours."]) == 0
+    out = json.loads(capsys.readouterr().out)
+    with ppow.Generator(out["target"], n_ctx=256, n_threads=1) as g:
+        want = g.tokenize(templates.apply_template("chat", "Name three colours.", out["target"]), parse_special=True)
+    assert out["prompt_tokens"] == len(want) and len(out["tokens"]) > 0
+
+
 # -- the chat template ----------------------------------------------------------------------------
 
 SMOLLM2_SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"

@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "'none' for plain decoding")
     ap.add_argument("-p", "--prompt")
     ap.add_argument("-f", "--file", help="read the prompt from a file")
+    ap.add_argument("--chat", action="store_true",
+                    help="send the prompt as one user turn in the target's own chat template (instruct models)")
     ap.add_argument("-n", "--n-predict", type=int, default=128)
     ap.add_argument("-c", "--ctx-size", type=int, default=4096)
     ap.add_argument("-b", "--batch-size", type=int, default=512)
@@ -102,6 +104,10 @@ def main(argv=None) -> int:
                       draft_max=args.draft_max, draft_min=args.draft_min, draft_p_min=args.draft_p_min,
                       draft_policy=args.draft_policy, stop=args.stop, ignore_eos=args.ignore_eos)
         gen._params(params)  # reject bad values before starting the worker
+        if args.chat:  # the turn markers are control tokens: tokenize them as such
+            from ppow.templates import apply_template
+
+            prompt = gen.tokenize(apply_template("chat", prompt, target), parse_special=True)
     except (PpowError, ValueError, OSError) as e:
         print(f"ppow-run: error: {e}", file=sys.stderr)
         return 2
