@@ -155,18 +155,20 @@ def test_cli_reports_a_broken_speculative_output(tmp_path, prompt_file, tiny_tar
     assert "FAILED: 3 of 3" in (out / "report.md").read_text(encoding="utf-8")
 
 
-def test_prompt_lookup_peer(tmp_path, prompt_file, tiny_target_gguf):
+def test_prompt_lookup_peer_and_reference_drafter(tmp_path, prompt_file, tiny_target_gguf, tiny_drafter_gguf):
     """llama-cpp-python's prompt-lookup decoding runs as a peer with its own plain baseline; it drafts
-    from repeated n-grams, so on prompts with repeats it drafts something, and its drafts are judged."""
+    from repeated n-grams, so on prompts with repeats it drafts something, and its drafts are judged.
+    A --reference drafter runs with the auto policy only."""
     rows = [{"question_id": i, "category": "writing", "turns": [("a b c d a b c d a b c d " * 3).strip()]} for i in range(2)]
     prompts = tmp_path / "rep.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     out = tmp_path / "out"
     rc, rep = run_cli(["--prompts", prompts, "--target", tiny_target_gguf, "-n", 12, "--k", "3", "--no-auto",
-                       "--peers", "prompt-lookup", "--template", "raw", "-o", out])
-    assert rc == 0 and rep["peer_mismatches"] == []
+                       "--reference", f"old={tiny_drafter_gguf}", "--peers", "prompt-lookup", "--template", "raw",
+                       "-o", out])
+    assert rc == 0 and rep["peer_mismatches"] == [] and rep["mismatches"] == []
     names = [s["name"] for s in rep["systems"]]
-    assert names == ["ppow plain", "llama-cpp-python plain", "llama-cpp-python prompt-lookup k=3"]
+    assert names == ["ppow plain", "ppow old auto", "llama-cpp-python plain", "llama-cpp-python prompt-lookup k=3"]
     acc = rep["results"]["llama-cpp-python prompt-lookup k=3"]["overall"]["acceptance_by_position"]
     assert len(acc["drafted"]) == 3 and acc["drafted"][0] > 0
 

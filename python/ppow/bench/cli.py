@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--target", help="target GGUF or name: gemma3-270m (default), smollm2-135m (ppow.models)")
     ap.add_argument("--drafter", action="append", type=named_path, default=[], metavar="NAME=PATH.gguf",
                     help="drafter GGUF (repeatable; a bare path is named after its file stem)")
+    ap.add_argument("--reference", action="append", type=named_path, default=[], metavar="NAME=PATH.gguf",
+                    help="a drafter run with the auto policy only (e.g. the previous release's), beside the "
+                         "--drafter ones (repeatable)")
     ap.add_argument("--drafter-hf", action="append", type=named_path, default=[], metavar="NAME=DIR",
                     help="PyTorch drafter checkpoint dir for the HF peer, NAME matching a --drafter (repeatable)")
     ap.add_argument("-n", "--n-predict", type=int, default=64, help="tokens per prompt (default 64)")
@@ -101,10 +104,10 @@ def check_args(ap, args):
             ap.error(f"--{flag.replace('_', '-')} must be >= 1")
     if args.temp < 0:
         ap.error("--temp must be >= 0")
-    names = [n for n, _ in args.drafter]
+    names = [n for n, _ in args.drafter + args.reference]
     if len(set(names)) != len(names):
         ap.error("two drafters share a name; use NAME=PATH")
-    for _, path in args.drafter:
+    for _, path in args.drafter + args.reference:
         if not os.path.isfile(path):
             ap.error(f"drafter not found: {path}")
     for name, path in args.drafter_hf:
@@ -132,14 +135,15 @@ def ppow_systems(args, target, n_ctx, closers):
     closers.append(plain.close)
     systems = [System("ppow plain", "ppow", PpowRunner(plain, use_drafter=False, **common),
                       notes=["a Generator with only the target loaded; the baseline of every ppow system"])]
-    for name, path in args.drafter:
-        if args.k:
+    for name, path in args.drafter + args.reference:
+        reference = (name, path) in args.reference
+        if args.k and not reference:
             gen = Generator(target, path, **gkw)  # shared by this drafter's fixed-k systems
             closers.append(gen.close)
             for k in args.k:
                 systems.append(System(f"ppow {name} k={k}", "ppow", PpowRunner(gen, draft_max=k, draft_policy="fixed", **common),
                                       baseline="ppow plain", drafter=name, policy="fixed", k=k))
-        if args.auto:
+        if args.auto or reference:
             gen = Generator(target, path, **gkw)
             closers.append(gen.close)  # the engine calibrates its costs on first use, outside timed runs
             systems.append(System(f"ppow {name} auto", "ppow",
@@ -357,6 +361,7 @@ def main(argv=None) -> int:
     report = {
         "machine": machine_info(),
         "settings": {"prompts": os.path.abspath(args.prompts), "target": target, "drafters": dict(args.drafter),
+                     "references": dict(args.reference),
                      "drafters_hf": dict(args.drafter_hf), "n_prompts": len(prompts),
                      "categories": sorted({p.category for p in prompts}), "template": args.template,
                      "n_predict": args.n_predict, "temp": args.temp, "greedy": greedy, "seed": args.seed,
