@@ -16,7 +16,7 @@ def test_shipped_drafters_exist_and_fit_the_budget():
     names = shipped_drafters()
     assert {"gemma3-270m-kd", "gemma3-270m-ppow"} <= set(names)
     total = sum(os.path.getsize(ppow.default_drafter(n)) for n in ("kd", "ppow"))
-    assert total <= 60 * 2**20, total
+    assert total <= 40 * 2**20, total
     for n in ("kd", "ppow"):  # each ships with its model card
         assert os.path.isfile(ppow.default_drafter(n)[: -len(".gguf")] + ".md")
     with pytest.raises(ppow.PpowError, match="no shipped drafter named 'eagle'"):
@@ -28,8 +28,8 @@ def test_shipped_drafter_is_lossless_and_accepted(name):
     prompts = ["Question: What are three simple ways to save energy at home?\nAnswer:",
                "Question: Write a Python function that reverses a string.\nAnswer:"]
     with ppow.Generator(ppow.default_target(), ppow.default_drafter(name), n_ctx=512, n_threads=1) as g:
-        # kd is the EAGLE-3 feature drafter (issue 11); ppow is still the standalone one
-        assert g.drafter_kind == ("feature" if name == "kd" else "model")
+        # both are EAGLE-3 feature drafters (the standalone kind is tested on tiny models)
+        assert g.drafter_kind == "feature"
         accepted = 0
         for p in prompts:
             ref = g.generate(p, n_predict=32, use_drafter=False, ignore_eos=True)

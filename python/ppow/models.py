@@ -72,9 +72,9 @@ def shipped_drafters(target: str | None = None) -> list[str]:
 
 
 def default_drafter(kind: str = "ppow", target: str = DEFAULT_TARGET) -> str:
-    """Path of a drafter shipped with ppow for the named target; for gemma3-270m "kd" (an EAGLE-3
-    feature drafter in llama.cpp's eagle3 format, trained with KD and training-time test) or "ppow"
-    (the standalone PPOW drafter of the previous release)."""
+    """Path of a drafter shipped with ppow for the named target; for gemma3-270m "kd" and "ppow", two
+    EAGLE-3 feature drafters in llama.cpp's eagle3 format from the same KD + training-time-test start,
+    then continued KD or PPOW at equal CPU-seconds (their model cards)."""
     _check_target(target)
     path = DRAFTER_DIR / f"{target}-{kind}.gguf"
     if not path.is_file():
