@@ -1,6 +1,7 @@
 // bindings.cpp - ppow._core: the engine for Python. Decoding runs with the GIL released.
 #include "datagen.h"
 #include "engine.h"
+#include "gguf_check.h"
 
 #include <ggml-backend.h>
 #include <nanobind/nanobind.h>
@@ -74,7 +75,10 @@ static nb::ndarray<nb::numpy, T> owned_array(std::vector<T> && v, std::initializ
 struct DataGen {
     LlamaModel model;
     volatile bool cancel_flag = false;
-    explicit DataGen(const ModelParams & mp) : model(mp) { model.set_abort_flag(&cancel_flag); }
+    explicit DataGen(const ModelParams & mp) : model(mp) {
+        require_vocabulary(model.vocab(), model.path(), "target");
+        model.set_abort_flag(&cancel_flag);
+    }
 };
 
 static nb::dict record_dict(SeqRecord && r, int K, int L, int H) {

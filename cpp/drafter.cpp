@@ -1,5 +1,7 @@
 #include "drafter.h"
 
+#include "gguf_check.h"
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -21,6 +23,7 @@ ModelDrafter::ModelDrafter(const ModelParams & params, const llama_vocab * tv) :
         if (model_.n_vocab() != n_target)
             throw Error("drafter vocabulary (" + std::to_string(model_.n_vocab()) +
                         " tokens) does not match the target's (" + std::to_string(n_target) + " tokens)");
+        require_vocabulary(dv, params.path, "drafter without a draft-vocabulary map");
         for (int t : {0, 1, 2, n_target / 3, n_target / 2, n_target - 1})
             if (token_text(dv, t) != token_text(tv, t))
                 throw Error("drafter vocabulary differs from the target's at token " + std::to_string(t));

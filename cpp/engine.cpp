@@ -1,6 +1,7 @@
 #include "engine.h"
 
 #include "feature_drafter.h"
+#include "gguf_check.h"
 
 #include <algorithm>
 #include <cmath>
@@ -9,6 +10,7 @@ namespace ppow {
 
 Engine::Engine(const ModelParams & target, const std::optional<ModelParams> & drafter) : target_(target) {
     target_.set_abort_flag(&cancel_flag_);
+    require_vocabulary(target_.vocab(), target_.path(), "target");
     if (drafter) {
         ModelParams dp = *drafter;
         dp.n_ctx = target_.n_ctx();  // the drafter follows the same history

@@ -1,5 +1,7 @@
 #include "model.h"
 
+#include "gguf_check.h"
+
 #include <gguf.h>
 
 #include <algorithm>
@@ -26,14 +28,6 @@ void log_callback(ggml_log_level level, const char * text, void *) {
     if (g_verbose) std::fputs(text, stderr);
 }
 
-void check_gguf_file(const std::string & path, const char * what) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) throw Error(std::string(what) + " file not found or unreadable: " + path);
-    char magic[4] = {0, 0, 0, 0};
-    f.read(magic, 4);
-    if (f.gcount() != 4 || std::memcmp(magic, "GGUF", 4) != 0)
-        throw Error(std::string(what) + " is not a GGUF file (bad magic): " + path);
-}
 }  // namespace
 
 double now_ms() {
@@ -67,7 +61,7 @@ static bool abort_cb(void * data) {
 
 LlamaModel::LlamaModel(const ModelParams & p) : path_(p.path) {
     install_log_capture();
-    check_gguf_file(p.path, "model");
+    check_gguf(p.path);  // a malformed file must not reach llama.cpp, whose loader can abort on one
     if (p.n_ctx < 0) throw Error("n_ctx must be >= 0");
     if (p.n_batch < 1) throw Error("n_batch must be >= 1");
     if (p.n_parallel < 1 || p.n_parallel > 256) throw Error("n_parallel must be in [1, 256]");
@@ -212,12 +206,36 @@ int LlamaModel::common_prefix(const std::vector<llama_token> & tokens, int keep_
     return n;
 }
 
-std::vector<int32_t> gguf_int_array(const std::string & path, const char * key) {
+// A GGUF's metadata through ggml's reader, after ppow's checks; gguf_init_from_file logs why it
+// refuses a file (first line: the reason, last: "failed to read ..."), which the error keeps.
+static gguf_context * open_gguf_meta(const std::string & path) {
+    check_gguf(path);
+    install_log_capture();
+    {
+        std::lock_guard<std::mutex> lock(g_log_mutex);
+        g_last_error.clear();
+    }
     gguf_init_params ip = {/*no_alloc*/ true, /*ctx*/ nullptr};
     gguf_context * g = gguf_init_from_file(path.c_str(), ip);
-    if (!g) throw Error("cannot read GGUF metadata of " + path);
+    if (!g) {
+        std::string why;
+        {
+            std::lock_guard<std::mutex> lock(g_log_mutex);
+            why = g_last_error.substr(0, g_last_error.find('\n'));
+        }
+        throw Error("cannot read GGUF metadata of " + path + (why.empty() ? "" : ": " + why));
+    }
+    return g;
+}
+
+std::vector<int32_t> gguf_int_array(const std::string & path, const char * key) {
+    gguf_context * g = open_gguf_meta(path);
     std::vector<int32_t> out;
     const int64_t id = gguf_find_key(g, key);
+    if (id >= 0 && gguf_get_kv_type(g, id) != GGUF_TYPE_ARRAY) {  // gguf_get_arr_* abort on a scalar
+        gguf_free(g);
+        throw Error(std::string("GGUF key ") + key + " in " + path + " is not an integer array");
+    }
     if (id >= 0) {
         const enum gguf_type t = gguf_get_arr_type(g, id);
         const size_t n = gguf_get_arr_n(g, id);
@@ -236,11 +254,7 @@ std::vector<int32_t> gguf_int_array(const std::string & path, const char * key) 
     return out;
 }
 
-GgufMeta::GgufMeta(const std::string & path) : path_(path) {
-    gguf_init_params ip = {/*no_alloc*/ true, /*ctx*/ nullptr};
-    g_ = gguf_init_from_file(path.c_str(), ip);
-    if (!g_) throw Error("cannot read GGUF metadata of " + path);
-}
+GgufMeta::GgufMeta(const std::string & path) : path_(path), g_(open_gguf_meta(path)) {}
 
 GgufMeta::~GgufMeta() { gguf_free(g_); }
 

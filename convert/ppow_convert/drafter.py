@@ -45,11 +45,16 @@ def load_d2t(ckpt_dir, n_target):
     if d2t is None or d2t.ndim != 1 or d2t.dtype.kind != "i":
         raise ConvertError(f"{path} must hold a 1-D integer tensor 'd2t'")
     d2t = np.asarray(d2t, dtype=np.int64)
+    if len(d2t) == 0:
+        raise ConvertError(f"{path}: d2t is empty")
     if d2t.min() < 0 or d2t.max() >= n_target:
         raise ConvertError(f"{path}: d2t has ids outside the target vocabulary [0, {n_target})")
     if len(np.unique(d2t)) != len(d2t):
         raise ConvertError(f"{path}: d2t maps two draft entries to the same target token")
-    unk = int(np.asarray(tensors["unk_draft_id"]).reshape(-1)[0]) if "unk_draft_id" in tensors else 0
+    unk = tensors.get("unk_draft_id", np.zeros(1, np.int64))
+    if unk.size != 1 or unk.dtype.kind not in "iu":
+        raise ConvertError(f"{path}: unk_draft_id must be one integer, got {unk.dtype} {list(unk.shape)}")
+    unk = int(unk.reshape(-1)[0])
     if not 0 <= unk < len(d2t):
         raise ConvertError(f"{path}: unk_draft_id {unk} is outside the draft vocabulary [0, {len(d2t)})")
     return d2t.astype(np.int32), unk

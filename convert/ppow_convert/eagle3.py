@@ -25,6 +25,7 @@ from ppow.gguf_keys import TARGET_N_VOCAB as KEY_TARGET_N_VOCAB
 
 from .errors import ConvertError
 from .gguf_io import OUTTYPES, add_weight, open_gguf, write_gguf
+from .hf_llama import need_float, need_int
 from .safetensors_io import read_dir, read_file
 from .tokenizer import token_count
 
@@ -43,7 +44,8 @@ LAYER = {"midlayer.input_layernorm": "attn_norm", "midlayer.hidden_norm": "attn_
 def is_feature_drafter(ckpt_dir):
     try:
         with open(os.path.join(ckpt_dir, "config.json"), encoding="utf-8") as f:
-            return json.load(f).get("model_type") == MODEL_TYPE
+            cfg = json.load(f)
+        return isinstance(cfg, dict) and cfg.get("model_type") == MODEL_TYPE
     except (OSError, ValueError):
         return False  # the llama path reports the problem
 
@@ -51,9 +53,18 @@ def is_feature_drafter(ckpt_dir):
 def load_config(ckpt_dir):
     with open(os.path.join(ckpt_dir, "config.json"), encoding="utf-8") as f:
         cfg = json.load(f)
+    path = f"{ckpt_dir}/config.json"
     missing = [k for k in CONFIG_KEYS if cfg.get(k) is None]
     if missing:
-        raise ConvertError(f"{ckpt_dir}/config.json is missing {missing}")
+        raise ConvertError(f"{path} is missing {missing}")
+    for k in CONFIG_KEYS:
+        if k in ("rms_norm_eps", "rope_theta"):
+            need_float(cfg, k, path=path, hi=1.0 if k == "rms_norm_eps" else 3.4e38)
+        elif k != "target_layers":
+            need_int(cfg, k, path=path)
+    layers = cfg["target_layers"]
+    if not isinstance(layers, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in layers):
+        raise ConvertError(f"{path}: target_layers must be a list of layer numbers, got {layers!r}")
     if cfg.get("rope_pairs", "adjacent") != "adjacent":
         raise ConvertError("only adjacent-pair RoPE q/k weights (ppow-train's) convert without permutation")
     if len(cfg["target_layers"]) != 3:

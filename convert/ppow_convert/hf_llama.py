@@ -25,6 +25,25 @@ LAYER_TENSORS = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "
                  "mlp.down_proj": "ffn_down"}
 
 
+MAX_LAYERS = 512  # llama.cpp's LLAMA_MAX_LAYERS; also bounds the tensor names built per layer
+
+
+def need_int(cfg, key, lo=1, path="config.json", hi=2**31 - 1):
+    """cfg[key] as an int in [lo, hi] (config.json comes from the checkpoint's author)."""
+    v = cfg[key]
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise ConvertError(f"{path}: {key} must be an integer in [{lo}, {hi}], got {v!r}")
+    return v
+
+
+def need_float(cfg, key, path="config.json", hi=3.4e38):
+    """cfg[key] as a number in (0, hi]; GGUF stores these as float32 (max 3.4e38)."""
+    v = cfg[key]
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= hi:
+        raise ConvertError(f"{path}: {key} must be a number in (0, {hi:g}], got {v!r}")
+    return float(v)
+
+
 def load_config(model_dir):
     """config.json with derived fields; refuses what the llama GGUF graph cannot express."""
     path = os.path.join(model_dir, "config.json")
@@ -35,23 +54,45 @@ def load_config(model_dir):
             cfg = json.load(f)
     except ValueError as e:
         raise ConvertError(f"{path} is not valid JSON: {e}") from None
-    arch = (cfg.get("architectures") or [None])[0]
+    if not isinstance(cfg, dict):
+        raise ConvertError(f"{path} is not a JSON object")
+    archs = cfg.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs else None
     if arch not in ARCHITECTURES:
         raise ConvertError(f"unsupported architecture {arch!r} in config.json (supported: {', '.join(ARCHITECTURES)})")
     for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
         if key not in cfg:
             raise ConvertError(f"config.json is missing {key!r}")
+    cfg.setdefault("num_key_value_heads", cfg["num_attention_heads"])
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"):
+        need_int(cfg, key, path=path)
+    need_int(cfg, "num_hidden_layers", path=path, hi=MAX_LAYERS)
+    for key in ("rms_norm_eps", "max_position_embeddings"):
+        if key in cfg:
+            need_float(cfg, key, path=path, hi=1.0) if key == "rms_norm_eps" else need_int(cfg, key, path=path)
+    if cfg["num_attention_heads"] % cfg["num_key_value_heads"]:
+        raise ConvertError(f"{path}: num_attention_heads {cfg['num_attention_heads']} is not a multiple of "
+                           f"num_key_value_heads {cfg['num_key_value_heads']}")
     if cfg.get("hidden_act", "silu") != "silu":
         raise ConvertError(f"unsupported hidden_act {cfg['hidden_act']!r} (llama GGUF uses silu)")
     if cfg.get("attention_bias") or cfg.get("mlp_bias"):
         raise ConvertError("attention_bias / mlp_bias checkpoints are not supported")
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}  # transformers >= 5 / < 5
+    if not isinstance(rope, dict):
+        raise ConvertError(f"{path}: rope_scaling must be an object, got {rope!r}")
     cfg["rope_theta"] = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    need_float(cfg, "rope_theta", path=path)
     cfg["rope_type"] = rope.get("rope_type", rope.get("type", "default"))
     if cfg["rope_type"] not in ("default", "linear"):
         raise ConvertError(f"unsupported rope scaling {cfg['rope_type']!r} (supported: default, linear)")
-    cfg.setdefault("num_key_value_heads", cfg["num_attention_heads"])
+    if cfg["rope_type"] == "linear":
+        if "factor" not in rope:
+            raise ConvertError(f"{path}: linear rope scaling without a factor")
+        need_float(rope, "factor", path=f"{path} rope scaling")
     cfg["head_dim"] = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    # llama.cpp's RoPE rotates pairs: the q/k permutation needs an even head size
+    if need_int(cfg, "head_dim", path=path) % 2:
+        raise ConvertError(f"{path}: head_dim {cfg['head_dim']} must be even")
     return cfg
 
 

@@ -17,26 +17,54 @@ _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.fl
            "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8}
 
 
+_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1}
+
+
+def _is_size(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def read_file(path):
-    """name -> numpy array (bf16 widened to f32), memory-mapped where possible."""
+    """name -> numpy array (bf16 widened to f32), memory-mapped where possible.
+
+    The header comes from the file's author: every entry is checked (dtype, shape, offsets inside the
+    file, size = shape x dtype) before any array is made from it."""
+    def bad(why):
+        return ConvertError(f"unreadable safetensors file {path}: {why}")
+
     try:
+        size = os.path.getsize(path)
         with open(path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                raise bad(f"header of {n} bytes in a file of {size} bytes")
             header = json.loads(f.read(n))
-        mm = np.memmap(path, dtype=np.uint8, mode="r")
+        mm = np.memmap(path, dtype=np.uint8, mode="r") if size > 8 + n else np.zeros(0, np.uint8)
     except (OSError, ValueError, struct.error) as e:
-        raise ConvertError(f"unreadable safetensors file {path}: {e}") from None
+        raise bad(e) from None
+    if not isinstance(header, dict):
+        raise bad("the header is not a JSON object")
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        if info["dtype"] not in _DTYPES:
-            raise ConvertError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
-        b, e = info["data_offsets"]
+        if not isinstance(info, dict):
+            raise bad(f"tensor {name!r}: header entry is not an object")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in _DTYPES:
+            raise ConvertError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
+        if not isinstance(shape, list) or not all(_is_size(d) for d in shape):
+            raise bad(f"tensor {name!r} has shape {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_size(o) for o in offsets)
+                and offsets[0] <= offsets[1]):
+            raise bad(f"tensor {name!r} has data_offsets {offsets!r}")
+        b, e = offsets
         if 8 + n + e > len(mm):
-            raise ConvertError(f"unreadable safetensors file {path}: tensor {name!r} runs past the end of the file")
-        a = mm[8 + n + b: 8 + n + e].view(_DTYPES[info["dtype"]]).reshape(info["shape"])
-        if info["dtype"] == "BF16":
+            raise bad(f"tensor {name!r} runs past the end of the file")
+        if e - b != int(np.prod(shape, dtype=object)) * _ITEMSIZE[dtype]:
+            raise bad(f"tensor {name!r}: {e - b} bytes for shape {shape} of {dtype}")
+        a = mm[8 + n + b: 8 + n + e].view(_DTYPES[dtype]).reshape(shape)
+        if dtype == "BF16":
             a = (a.astype(np.uint32) << 16).view(np.float32)
         out[name] = a
     return out

@@ -99,7 +99,10 @@ def add_hf_tokenizer(writer, model_dir, n_vocab):
     if scores is not None:
         writer.add_token_scores(scores)
     writer.add_token_types(types)
-    gguf.SpecialVocab(model_dir, load_merges=(kind == "gpt2"), n_vocab=n_vocab).add_to_gguf(writer, quiet=True)
+    try:  # bos/eos/pad ids from config.json and tokenizer_config.json; gguf refuses bad ones with ValueError
+        gguf.SpecialVocab(model_dir, load_merges=(kind == "gpt2"), n_vocab=n_vocab).add_to_gguf(writer, quiet=True)
+    except ValueError as e:
+        raise ConvertError(f"{model_dir}: special tokens: {e}") from None
 
 
 def token_count(reader, path):

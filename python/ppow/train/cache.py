@@ -164,12 +164,77 @@ def build_cache(target, out_dir, prompts=None, *, max_new=64, prompt_tail=64, to
     return meta
 
 
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def _is_int(t):
+    return not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
+
+
+def check_meta(meta, path):
+    """meta.json must describe shards the loader can open (it may come from another machine)."""
+    if not (isinstance(meta, dict) and isinstance(meta.get("target"), dict) and isinstance(meta.get("shards"), list)):
+        raise ValueError(f"{path}: meta.json must be an object with 'target' and 'shards'")
+    if not isinstance(meta.get("settings", {}), dict):
+        raise ValueError(f"{path}: meta.json 'settings' must be an object")
+    for sh in meta["shards"]:
+        f = sh.get("file") if isinstance(sh, dict) else None
+        if not isinstance(f, str) or os.path.basename(f) != f or not f.endswith(".safetensors"):
+            raise ValueError(f"{path}: meta.json lists a shard {sh!r} that is not a .safetensors file of the cache dir")
+
+
+def check_shard(t, where, vocab_size=None, n_seq=None):
+    """Refuse a shard whose tensors do not fit together: every later index into them relies on this."""
+    def need(ok, msg):
+        if not ok:
+            raise ValueError(f"{where}: {msg}")
+
+    def shape(k):
+        return list(t[k].shape) if k in t else None
+
+    for k in ("tokens", "greedy", "topk_ids", "topk_probs", "seq_len", "prompt_len"):
+        need(k in t, f"no {k!r} tensor")
+    for k in ("tokens", "greedy", "topk_ids", "seq_len", "prompt_len", "scored"):
+        need(k not in t or _is_int(t[k]) or (k == "scored" and t[k].dtype == torch.bool),
+             f"{k} has dtype {t[k].dtype if k in t else ''}, expected integers")
+    for k in ("topk_probs", "hidden"):
+        need(k not in t or t[k].dtype.is_floating_point,
+             f"{k} has dtype {t[k].dtype if k in t else ''}, expected floats")
+    N = t["tokens"].shape[0] if t["tokens"].dim() == 1 else -1
+    need(N >= 0, f"tokens has shape {shape('tokens')}, expected one row of ids")
+    need(shape("greedy") == [N], f"greedy has shape {shape('greedy')}, expected [{N}]")
+    K = t["topk_ids"].shape[-1] if t["topk_ids"].dim() == 2 else 0
+    need(shape("topk_ids") == [N, K] and K >= 1, f"topk_ids has shape {shape('topk_ids')}, expected [{N}, K]")
+    need(shape("topk_probs") == [N, K], f"topk_probs has shape {shape('topk_probs')}, topk_ids {shape('topk_ids')}")
+    S = t["seq_len"].shape[0] if t["seq_len"].dim() == 1 else -1
+    need(S >= 0 and shape("prompt_len") == [S],
+         f"seq_len / prompt_len have shapes {shape('seq_len')} / {shape('prompt_len')}, expected [S]")
+    need(n_seq is None or S == n_seq, f"{S} sequences, its .json lists {n_seq}")
+    need("scored" not in t or shape("scored") == [N], f"scored has shape {shape('scored')}, expected [{N}]")
+    need("hidden" not in t or (t["hidden"].dim() == 3 and t["hidden"].shape[0] == N),
+         f"hidden has shape {shape('hidden')}, expected [{N}, layers, hidden size]")
+    seq_len, prompt_len = t["seq_len"].long(), t["prompt_len"].long()
+    need(bool((seq_len >= 1).all()) and int(seq_len.sum()) == N, f"sequence lengths do not add up to the {N} positions")
+    need(bool(((prompt_len >= 0) & (prompt_len <= seq_len)).all()), "a prompt is longer than its sequence")
+    for k in ("tokens", "greedy", "topk_ids"):
+        ids = t[k]
+        need(ids.numel() == 0 or (int(ids.min()) >= 0 and (vocab_size is None or int(ids.max()) < vocab_size)),
+             f"{k} has token ids outside the target vocabulary [0, {vocab_size})")
+    probs = t["topk_probs"].float()
+    need(bool(torch.isfinite(probs).all()) and bool((probs >= 0).all()), "topk_probs has negative or non-finite values")
+
+
 class Cache:
     """All shards of a cache dir in memory, with per-position bookkeeping for windows."""
 
     def __init__(self, path, expect_target_sha256=None, max_shards=None, allow_incomplete=False):
-        with open(os.path.join(path, META)) as f:
-            self.meta = json.load(f)
+        self.meta = _read_json(os.path.join(path, META))
+        check_meta(self.meta, path)
         check_target(self.meta, expect_target_sha256)
         if not self.meta.get("complete"):
             if not allow_incomplete:
@@ -179,13 +244,28 @@ class Cache:
                 from .datagen import _finished_shards
 
                 self.meta["shards"] = [side["summary"] for _, side in sorted(_finished_shards(path), key=lambda x: x[0])]
+                check_meta(self.meta, path)
+        vocab = self.meta["target"].get("vocab_size")
+        vocab = vocab if isinstance(vocab, int) and vocab > 0 else None
         parts, self.categories, self.ids = [], [], []
         for sh in self.meta["shards"][:max_shards]:
-            parts.append(load_file(os.path.join(path, sh["file"])))
-            with open(os.path.join(path, sh["file"].replace(".safetensors", ".json"))) as f:
-                side = json.load(f)
-            self.categories += side["category"]
-            self.ids += side["id"]
+            where = os.path.join(path, sh["file"])
+            try:
+                t = load_file(where)
+            except Exception as e:  # noqa: BLE001 - OSError, or safetensors' own error type on a bad header
+                raise ValueError(f"{where}: unreadable shard ({str(e)[:200]})") from None
+            side = _read_json(where.replace(".safetensors", ".json"))
+            cats, ids = (side.get("category"), side.get("id")) if isinstance(side, dict) else (None, None)
+            if not isinstance(cats, list) or not isinstance(ids, list) or len(cats) != len(ids):
+                raise ValueError(f"{where}: its .json needs lists 'category' and 'id' of one entry per sequence")
+            check_shard(t, where, vocab, len(cats))
+            if parts and (set(t) != set(parts[0]) or t["topk_ids"].shape[1] != parts[0]["topk_ids"].shape[1]):
+                raise ValueError(f"{where}: its tensors or top-k width differ from the first shard's")
+            parts.append(t)
+            self.categories += cats
+            self.ids += ids
+        if not parts:
+            raise ValueError(f"{path}: the cache has no shards")
         self._init({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
         self.path = path
 

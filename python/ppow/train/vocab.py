@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 FILENAME = "draft_vocab.safetensors"
+MAX_VOCAB = 1 << 24  # far above real vocabularies; t2d holds one id per target token
 
 
 class DraftVocab:
@@ -126,10 +127,31 @@ def load_draft_vocab(ckpt_dir, target_vocab_size=None):
     """DraftVocab from a checkpoint dir, or IdentityVocab(target_vocab_size) if it has none."""
     path = os.path.join(ckpt_dir, FILENAME)
     if not os.path.exists(path):
-        if target_vocab_size is None:
+        if not isinstance(target_vocab_size, int) or not 0 < target_vocab_size <= MAX_VOCAB:
             raise ValueError(f"{ckpt_dir} has no {FILENAME} and the target vocabulary size is unknown")
         return IdentityVocab(target_vocab_size)
-    t = load_file(path)
-    tv = int(t["target_vocab_size"][0]) if "target_vocab_size" in t else target_vocab_size
-    unk = int(t["unk_draft_id"][0]) if "unk_draft_id" in t else 0
-    return DraftVocab(t["d2t"], tv, unk)
+    try:
+        t = load_file(path)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type on a bad file
+        raise ValueError(f"{path}: unreadable safetensors file ({str(e)[:200]})") from None
+
+    def one_int(key, default):
+        if key not in t:
+            return default
+        v = t[key]
+        if v.numel() != 1 or v.dtype.is_floating_point or v.dtype == torch.bool:
+            raise ValueError(f"{path}: {key} must be one integer, got {v.dtype} {list(v.shape)}")
+        return int(v.reshape(-1)[0])
+
+    d2t = t.get("d2t")
+    if d2t is None or d2t.dim() != 1 or len(d2t) == 0 or d2t.dtype.is_floating_point or d2t.dtype == torch.bool:
+        raise ValueError(f"{path} must hold a non-empty 1-D integer tensor 'd2t'")
+    tv = one_int("target_vocab_size", target_vocab_size)
+    if target_vocab_size is not None and tv != target_vocab_size:
+        raise ValueError(f"{path}: made for a target vocabulary of {tv} tokens, this target has {target_vocab_size}")
+    if not isinstance(tv, int) or not 0 < tv <= MAX_VOCAB:
+        raise ValueError(f"{path}: target vocabulary size {tv!r} is unknown or out of range")
+    unk = one_int("unk_draft_id", 0)
+    if not 0 <= unk < len(d2t):
+        raise ValueError(f"{path}: unk_draft_id {unk} is outside the draft vocabulary [0, {len(d2t)})")
+    return DraftVocab(d2t, tv, unk)
