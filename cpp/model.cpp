@@ -49,6 +49,12 @@ void install_log_capture() {
 std::string last_llama_error() {
     std::lock_guard<std::mutex> lock(g_log_mutex);
     std::string e = g_last_error;
+    // A refused model: llama_model_load logs the reason, then a generic "failed to load model".
+    const char * reason = "error loading model: ";
+    if (auto at = e.find(reason); at != std::string::npos) {
+        e = e.substr(at + std::strlen(reason));
+        return e.substr(0, e.find('\n'));
+    }
     while (!e.empty() && (e.back() == '\n' || e.back() == ' ')) e.pop_back();
     auto nl = e.rfind('\n');
     return nl == std::string::npos ? e : e.substr(nl + 1);

@@ -351,3 +351,9 @@ def test_nul_bytes(tmp_path):
     refused(tmp_path, target_with(tmp_path, edit={arch: (arch, G.STR, "llama\0x"),
                                                   "llama.block_count": ("llama.block_count", G.U32, 0)}),
             "key 'llama.block_count' is 0")
+
+
+def test_llama_cpp_refusals_keep_their_reason(tmp_path):
+    """A file that passes the checks but that llama.cpp refuses: its reason, not "failed to load model" alone."""
+    refused(tmp_path, target_with(tmp_path, drop=["llama.context_length"]),
+            "error loading model hyperparameters: key not found in model: llama.context_length")
