@@ -100,7 +100,8 @@ void FeatureDrafter::drop_kv_from(int pos) {
 }
 
 
-void FeatureDrafter::encode(int pos0, int n) {
+void FeatureDrafter::encode(int pos0, int n, int row0) {
+    if (row0 < 0) row0 = pos0;
     FeatureCapture & cap = model_.capture();
     cap.set_nodes({kFcOut});
     g_.resize((size_t) n * h_);
@@ -108,7 +109,7 @@ void FeatureDrafter::encode(int pos0, int n) {
     for (int start = 0; start < n; start += model_.n_batch()) {
         const int m = std::min(model_.n_batch(), n - start);
         enc_.n_tokens = m;
-        std::copy_n(feats_.data() + (size_t) (pos0 + start) * row, (size_t) m * row, enc_.embd);
+        std::copy_n(feats_.data() + (size_t) (row0 + start) * row, (size_t) m * row, enc_.embd);
         for (int i = 0; i < m; ++i) {
             enc_.pos[i] = pos0 + start + i;
             enc_.n_seq_id[i] = 1;
@@ -167,12 +168,15 @@ double FeatureDrafter::time_step() {
 
 double FeatureDrafter::time_catchup(int n) {
     if (n < 1 || n_kv_ + n > model_.n_ctx() || n > model_.n_batch()) return 0.0;
-    // n throw-away entries (zero features) after everything held, timed as draft() runs them, then dropped.
+    // n throw-away entries (zero features, kept after the features held) right after the drafter's
+    // cache, timed as draft() runs them, then dropped. Their positions follow the cache, not the
+    // features: after a window the target's features run ahead of the entries, and llama.cpp refuses
+    // a batch whose positions do not continue the sequence.
     const int base = n_kv_, feat0 = n_feat_;
     feats_.resize((size_t) (feat0 + n) * 3 * h_target_, 0.0f);
     const std::vector<llama_token> toks(n, d2t_[0]);
     const double t0 = now_ms();
-    encode(feat0, n);
+    encode(base, n, feat0);
     decode(toks.data(), g_.data(), base, n);
     const double ms = now_ms() - t0;
     drop_kv_from(base);

@@ -38,8 +38,8 @@ public:
     static bool is_feature_drafter(const std::string & path);
 
 private:
-    // fc over the stored features of positions pos0..pos0+n-1 -> g_ (n rows of H).
-    void encode(int pos0, int n);
+    // fc over n stored feature rows from row0 (default: pos0), at positions pos0.. -> g_ (n rows of H).
+    void encode(int pos0, int n, int row0 = -1);
     // Decoder entries at positions pos0.. with (tokens[i], states row i); keeps the last row's logits
     // in the context and its state in state_.
     void decode(const llama_token * tokens, const float * states, int pos0, int n);

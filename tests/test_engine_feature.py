@@ -68,6 +68,20 @@ def test_plain_steps_in_between_and_prompt_reuse(plain, spec, policy):
     assert b.tokens == ref2.tokens and b.stats.prompt_tokens_reused > 0
 
 
+def test_calibration_after_windows(plain, tiny_target_gguf, frequent_drafter):
+    """After a window the target's features run ahead of the drafter's entries; auto's first use (and
+    cost_profile) times the catch-up from there (it once encoded at the features' positions, which
+    llama.cpp refused), and the output stays the target's."""
+    prompt = "The river was blue in the morning, green at noon and"
+    ref = plain.generate(prompt, n_predict=32, ignore_eos=True)
+    with ppow.Generator(tiny_target_gguf, frequent_drafter, n_ctx=256, n_threads=1) as g:
+        assert g.generate(prompt, n_predict=32, ignore_eos=True, draft_max=4).tokens == ref.tokens
+        assert g.generate(prompt, n_predict=32, ignore_eos=True, draft_max=4, draft_policy="auto").tokens == ref.tokens
+        profile = g.cost_profile(4)
+        assert profile["catchup_ms"] > 0 and profile["draft_ms"] > 0
+        assert g.generate(prompt, n_predict=32, ignore_eos=True, draft_max=4).tokens == ref.tokens
+
+
 def test_near_context_limit(tiny_target_gguf, frequent_drafter):
     with ppow.Generator(tiny_target_gguf, n_ctx=64, n_threads=1) as p, \
             ppow.Generator(tiny_target_gguf, frequent_drafter, n_ctx=64, n_threads=1) as s:

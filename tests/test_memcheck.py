@@ -48,7 +48,7 @@ CHILD = textwrap.dedent(f'''
     import ppow
     from ppow import PpowError, _core
 
-    target, drafter, workdir = sys.argv[1:4]
+    target, drafter, workdir, feature_drafter, wrong_feature = sys.argv[1:6]
     print("memcheck-child: _core", _core.__file__, flush=True)
     if os.environ.get("PPOW_MEMCHECK_CANARY"):  # a leak the checker must see (ignored: no ppow frames)
         import ctypes
@@ -98,6 +98,21 @@ CHILD = textwrap.dedent(f'''
         assert feats.shape[:2] == (3, 12) and lg.shape[0] == 12
         expect(PpowError, g.features, ids[:12], [99])
         expect(PpowError, g.features, ids[:12], [2], n_last=1)
+
+    # The feature (eagle3) drafter: features captured from every target decode, its own KV catch-up.
+    with ppow.Generator(target, feature_drafter, n_ctx=64, n_threads=1) as g:
+        ref = g.generate("The quick brown fox", n_predict=16, ignore_eos=True, use_drafter=False)
+        out = g.generate("The quick brown fox", n_predict=16, ignore_eos=True, draft_max=4)
+        assert out.tokens == ref.tokens and out.stats.n_drafted > 0, (out.tokens, ref.tokens)
+        s = g.generate("Once upon a time", n_predict=16, ignore_eos=True, draft_max=3,
+                       temp=0.8, top_k=40, top_p=0.9, seed=7)
+        assert len(s.tokens) == 16 and s.stats.n_drafted > 0
+        g.generate("Once upon a time", n_predict=12, ignore_eos=True, draft_max=4, draft_policy="auto")
+        g.cost_profile(4)
+        assert "".join(g.stream("hello", n_predict=6, ignore_eos=True)) != ""
+        c = g.generate(ids, n_predict=16, ignore_eos=True, draft_max=8)
+        assert c.stats.stop_reason == "context", c.stats.stop_reason
+    expect(PpowError, ppow.Generator, target, wrong_feature)  # target_hidden_size does not fit
 
     # The data engine: several sequences in flight, records handed to Python, errors.
     dmp = model_params(target)
@@ -309,11 +324,23 @@ def check_asan_run(proc, log, asan_core):
     assert proc.returncode == ASAN_EXITCODE, f"unexpected exit code\n{details}"
 
 
+@pytest.fixture(scope="module")
+def feature_drafters(tiny_target_gguf, tmp_path_factory):
+    """A random-weight eagle3 drafter for the tiny target, and one whose target hidden size is wrong."""
+    from eagle3_random import write_random_eagle3
+    d = tmp_path_factory.mktemp("memcheck-e3")
+    good = write_random_eagle3(d / "feature.gguf", tiny_target_gguf, layers=[0, 1, 1], n_draft_vocab=64, seed=5)
+    wrong = write_random_eagle3(d / "wrong.gguf", tiny_target_gguf, layers=[0, 1, 1], n_draft_vocab=64, seed=5,
+                                overrides={"eagle3.target_hidden_size": 32})
+    return [str(good), str(wrong)]
+
+
 @pytest.mark.slow
-def test_asan_no_memory_errors_or_leaks(asan_core, tiny_target_gguf, tiny_drafter_gguf, tmp_path):
+def test_asan_no_memory_errors_or_leaks(asan_core, tiny_target_gguf, tiny_drafter_gguf, feature_drafters, tmp_path):
     script = tmp_path / "memcheck_child.py"
     script.write_text(CHILD)
-    proc, log, seconds = run_asan_child(asan_core, script, [tiny_target_gguf, tiny_drafter_gguf, tmp_path], tmp_path)
+    proc, log, seconds = run_asan_child(asan_core, script, [tiny_target_gguf, tiny_drafter_gguf, tmp_path,
+                                                            *feature_drafters], tmp_path)
     check_asan_run(proc, log, asan_core)
     print(f"ASan build {asan_core['seconds']:.0f} s, run {seconds:.0f} s")
 
@@ -422,7 +449,7 @@ def find_valgrind():
 
 
 @pytest.mark.slow
-def test_valgrind_no_memory_errors_or_leaks(tiny_target_gguf, tiny_drafter_gguf, tmp_path):
+def test_valgrind_no_memory_errors_or_leaks(tiny_target_gguf, tiny_drafter_gguf, feature_drafters, tmp_path):
     from ppow import _core
     valgrind = find_valgrind()
     reason = valgrind_skip_reason(_core.build_info()["system_info"], valgrind)
@@ -438,7 +465,7 @@ def test_valgrind_no_memory_errors_or_leaks(tiny_target_gguf, tiny_drafter_gguf,
            "--errors-for-leak-kinds=definite", "--show-leak-kinds=definite", "--num-callers=40",
            "--keep-debuginfo=yes",  # names frames of libraries unloaded before the leak check
            f"--suppressions={SUPPRESSIONS}", f"--log-file={log}",
-           sys.executable, str(script), tiny_target_gguf, tiny_drafter_gguf, str(tmp_path)]
+           sys.executable, str(script), tiny_target_gguf, tiny_drafter_gguf, str(tmp_path), *feature_drafters]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     vlog = log.read_text() if log.exists() else ""
     tail = "\n".join(vlog.splitlines()[-40:])
