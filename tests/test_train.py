@@ -240,6 +240,28 @@ def test_cache_contents_and_resume(tmp_path):
     assert torch.equal(c2.tokens, c.tokens) and torch.equal(c2.topk_ids, c.topk_ids)
 
 
+def test_several_caches_train_as_one(tmp_path, work):
+    t = F.make_target()
+    build_cache(t, str(tmp_path / "a"), F.make_prompts(6, 3), max_new=8, prompt_tail=0, topk=4, progress=False)
+    build_cache(t, str(tmp_path / "b"), F.make_prompts(4, 5), max_new=8, prompt_tail=0, topk=4, progress=False)
+    a, b = Cache(str(tmp_path / "a")), Cache(str(tmp_path / "b"))
+    ab = Cache([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert torch.equal(ab.tokens, torch.cat([a.tokens, b.tokens])) and len(ab.seq_len) == 10
+    assert torch.equal(ab.seq_start[6:] - len(a), b.seq_start)  # the second cache's sequences start after the first's
+    assert torch.equal(ab.run, torch.cat([a.run, b.run])) and ab.ids == a.ids + b.ids
+    build_cache(t, str(tmp_path / "k8"), F.make_prompts(2, 7), max_new=8, prompt_tail=0, topk=8, progress=False)
+    with pytest.raises(ValueError, match="topk 8 differ"):
+        Cache([str(tmp_path / "a"), str(tmp_path / "k8")])
+    other = F.make_target(identity="some-other-target")
+    build_cache(other, str(tmp_path / "o"), F.make_prompts(2, 7), max_new=8, prompt_tail=0, topk=4, progress=False)
+    with pytest.raises(ValueError, match="another target"):
+        Cache([str(tmp_path / "a"), str(tmp_path / "o")])
+    # the CLI takes --cache more than once
+    final = cli.run(["kd", "--cache", str(tmp_path / "a"), "--cache", str(tmp_path / "b"), "-o", str(tmp_path / "kd"),
+                     "--steps", "1", *KD_ARGS])
+    assert os.path.isdir(final)
+
+
 def test_cached_verification_equals_exact_target(work):
     """Greedy verification against the cache gives the same accepted length as running the target on
     context + drafted tokens (the cached-trajectory shortcut is exact under greedy verification)."""

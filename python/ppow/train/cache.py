@@ -229,26 +229,56 @@ def check_shard(t, where, vocab_size=None, n_seq=None):
     need(bool(torch.isfinite(probs).all()) and bool((probs >= 0).all()), "topk_probs has negative or non-finite values")
 
 
+def _check_same_training_set(meta0, meta, path0, path):
+    """Caches trained on together: one target, the same feature layers and top-k width."""
+    if meta["target"].get("sha256") != meta0["target"].get("sha256"):
+        raise ValueError(f"{path}: made with another target than {path0}")
+    for key in ("layers", "topk"):
+        a, b = meta0.get("settings", {}).get(key), meta.get("settings", {}).get(key)
+        if a != b:
+            raise ValueError(f"{path}: {key} {b} differ from {path0}'s {a}")
+
+
 class Cache:
     """All shards of a cache dir in memory, with per-position bookkeeping for windows."""
 
     def __init__(self, path, expect_target_sha256=None, max_shards=None, allow_incomplete=False):
-        self.meta = _read_json(os.path.join(path, META))
-        check_meta(self.meta, path)
-        check_target(self.meta, expect_target_sha256)
-        if not self.meta.get("complete"):
+        """path: a cache dir, or a list of them (one training set: same target, layers and top-k)."""
+        paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+        if not paths:
+            raise ValueError("no cache given")
+        parts, self.categories, self.ids = [], [], []
+        for i, p in enumerate(paths):
+            meta = self._read_meta(p, expect_target_sha256, allow_incomplete)
+            if i == 0:
+                self.meta = meta
+            else:
+                _check_same_training_set(self.meta, meta, paths[0], p)
+            self._load_shards(p, meta, max_shards, parts)
+        self._init({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
+        self.path = paths[0] if len(paths) == 1 else paths
+
+    @staticmethod
+    def _read_meta(path, expect_target_sha256, allow_incomplete):
+        meta = _read_json(os.path.join(path, META))
+        check_meta(meta, path)
+        check_target(meta, expect_target_sha256)
+        if not meta.get("complete"):
             if not allow_incomplete:
                 raise ValueError(f"{path}: cache is incomplete (re-run `ppow-train data` to finish it, or train on "
                                  "the shards written so far with --allow-incomplete-cache)")
-            if self.meta.get("version") == 2:  # engine caches list their shards as they are written
+            if meta.get("version") == 2:  # engine caches list their shards as they are written
                 from .datagen import _finished_shards
 
-                self.meta["shards"] = [side["summary"] for _, side in sorted(_finished_shards(path), key=lambda x: x[0])]
-                check_meta(self.meta, path)
-        vocab = self.meta["target"].get("vocab_size")
+                meta["shards"] = [side["summary"] for _, side in sorted(_finished_shards(path), key=lambda x: x[0])]
+                check_meta(meta, path)
+        return meta
+
+    def _load_shards(self, path, meta, max_shards, parts):
+        vocab = meta["target"].get("vocab_size")
         vocab = vocab if isinstance(vocab, int) and vocab > 0 else None
-        parts, self.categories, self.ids = [], [], []
-        for sh in self.meta["shards"][:max_shards]:
+        n_before = len(parts)
+        for sh in meta["shards"][:max_shards]:
             where = os.path.join(path, sh["file"])
             try:
                 t = load_file(where)
@@ -264,10 +294,8 @@ class Cache:
             parts.append(t)
             self.categories += cats
             self.ids += ids
-        if not parts:
+        if len(parts) == n_before:
             raise ValueError(f"{path}: the cache has no shards")
-        self._init({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
-        self.path = path
 
     @classmethod
     def from_tensors(cls, tensors, meta, categories=None):

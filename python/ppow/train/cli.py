@@ -28,7 +28,8 @@ def _target_path(p):
 
 
 def add_common_train(ap):
-    ap.add_argument("--cache", required=True, help="cache dir from `ppow-train data`")
+    ap.add_argument("--cache", required=True, action="append",
+                    help="cache dir from `ppow-train data`; repeat to train on several (same target, layers, top-k)")
     ap.add_argument("--allow-incomplete-cache", action="store_true",
                     help="train on the shards an unfinished (or still running) `ppow-train data` has written")
     ap.add_argument("-o", "--out", required=True, help="run dir (OUT/ckpt resumable, OUT/final the result)")
