@@ -283,6 +283,17 @@ def test_eval_mirrors_the_runtime_greedy_chain(work):
     assert any(a > 0 for _, a, _ in steps)
 
 
+@pytest.mark.parametrize("k", [1, 2, 4, 7])
+def test_eval_in_one_pass_equals_window_by_window(work, k):
+    """The one-pass simulation of a feature drafter (feature_matches) equals drafting window by window."""
+    cache, model, vocab = work["cache"], work["model"], work["vocab"]
+    fast = E.simulate(model, vocab, cache, k, ctx_len=0)
+    slow = E.simulate(model, vocab, cache, k, ctx_len=0, fast=False)
+    by_seq = lambda steps: sorted(steps, key=lambda r: r[0])  # noqa: E731 - stable: each sequence's own order
+    assert by_seq(fast) == by_seq(slow) and len(fast) > 20
+    assert any(a >= min(k, 2) for _, a, _ in fast)
+
+
 def test_eval_cli_on_cache_and_prompts(work, tmp_path):
     res = cli.run(["eval", "--drafter", work["ckpt"], "--cache", str(work["dir"] / "cache"), "--k", "2,4", "--quiet"])
     r = res["results"]["4"]

@@ -17,15 +17,57 @@ from collections import defaultdict
 
 import torch
 
-from . import drafters
+from . import drafters, kd
 
 
 @torch.no_grad()
-def simulate(model, vocab, cache, k, ctx_len=0, batch_size=64, seqs=None):
-    """Run the protocol for one window length k. Returns per-step records (seq, a, k_eff)."""
+def feature_matches(model, vocab, cache, seq, k):
+    """match [k, n] (bool) for a feature drafter over sequence `seq` (n positions) in one unrolled pass:
+    match[j, c] says whether the j-th token of the greedy window drafted after committed position c + 1
+    of the sequence equals the target's.
+
+    Why one pass is exact: the window's token j is only read when tokens 0..j-1 were accepted, i.e.
+    equalled the target's, so feeding the trajectory's tokens at every unrolled step (what training-time
+    test does, column c at step j: the entry at position c + j) drafts what the chained drafter drafts
+    wherever it counts; the context is the whole sequence so far, as with ctx_len 0 at runtime."""
+    s = int(cache.seq_start[seq])
+    e = s + int(cache.seq_len[seq])
+    every_row = torch.ones(len(cache), dtype=torch.bool)
+    feats, key_mask, toks, labels, *_ = kd.ttt_batch(cache, vocab, torch.tensor([s]), torch.tensor([e]), k, every_row)
+    dev = model.fc.weight.device
+    logits = model(feats.to(dev), [t.to(dev) for t in toks], key_mask.to(dev))
+    pred = torch.stack([lg[0].argmax(-1).cpu() for lg in logits])  # [k, n]
+    return pred == labels[:, 0]  # labels are -100 where the target's token is outside the draft vocabulary
+
+
+def _simulate_feature(model, vocab, cache, k, seqs):
+    steps = []
+    for s in seqs:
+        start, end = int(cache.seq_start[s]), int(cache.seq_start[s] + cache.seq_len[s])
+        t = start + int(cache.prompt_len[s])  # position of y0
+        if t >= end - 1:
+            continue
+        match = feature_matches(model, vocab, cache, s, k)
+        while t < end - 1:
+            k_eff = min(k, end - 1 - t)
+            col = match[:k_eff, t - 1 - start]
+            a = k_eff if bool(col.all()) else int((~col).nonzero()[0])
+            steps.append((s, a, k_eff))
+            t += a + 1
+    return steps
+
+
+@torch.no_grad()
+def simulate(model, vocab, cache, k, ctx_len=0, batch_size=64, seqs=None, fast=True):
+    """Run the protocol for one window length k. Returns per-step records (seq, a, k_eff).
+
+    A feature drafter with its whole context (ctx_len 0, as at runtime) is simulated in one unrolled
+    pass per sequence (feature_matches); fast=False drafts window by window (the reference)."""
     model.eval()
     kind = drafters.of(model)
     seqs = list(range(len(cache.seq_len))) if seqs is None else seqs
+    if fast and kind.name == "feature" and ctx_len <= 0:
+        return _simulate_feature(model, vocab, cache, k, seqs)
     # state per sequence: current position t (its last token is the newest accepted one) and end
     state = []
     for s in seqs:
