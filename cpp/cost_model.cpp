@@ -11,6 +11,8 @@ static constexpr double kEma = 0.1;  // weight of a new timing in the moving ave
 void CostModel::reset_acceptance() {
     std::fill(conf_acc_, conf_acc_ + kBuckets, 0.0);
     std::fill(conf_n_, conf_n_ + kBuckets, 0.0);
+    std::fill(first_n_, first_n_ + kBuckets, 0.0);
+    first_total_ = 0.0;
     pos_acc_.clear();
     pos_n_.clear();
 }
@@ -113,6 +115,30 @@ int CostModel::best_window(int k_cap, double * gain) const {
     }
     if (gain) *gain = best / plain;
     return best_k;
+}
+
+void CostModel::observe_first_confidence(float c) {
+    if (c < 0.0f) return;
+    first_n_[bucket(c)] += 1;
+    first_total_ += 1;
+}
+
+double CostModel::gated_gain() const {
+    if (first_total_ < kMinFirstSeen) return 0.0;
+    double tokens = 0.0, ms = 0.0;
+    for (int b = 0; b < kBuckets; ++b) {
+        if (first_n_[b] == 0) continue;
+        const double w = first_n_[b] / first_total_;
+        const double a = accept_rate_conf((b + 0.5f) / kBuckets);
+        if (worth_adding(0, 0.0, 1.0, a)) {
+            tokens += w * (1.0 + a);
+            ms += w * step_ms(1, a);
+        } else {  // the drafter ran, its window was dropped: a plain step plus one drafter pass
+            tokens += w;
+            ms += w * (verify_ms(1) + (tc_known_ ? tc_ : td_));
+        }
+    }
+    return tokens / std::max(1e-6, ms) * verify_ms(1);
 }
 
 bool CostModel::speculation_can_pay(int k_cap) const {

@@ -19,6 +19,7 @@ namespace ppow {
 class CostModel {
 public:
     static constexpr int kBuckets = 20;
+    static constexpr double kMinFirstSeen = 16;  // first-token confidences before gated_gain() speaks
 
     void reset_acceptance();
     bool has_verify_costs() const { return !tv_.empty(); }
@@ -43,6 +44,12 @@ public:
 
     // Best window length by expected tokens/ms using per-position rates; 0 = plain decoding.
     int best_window(int k_cap, double * gain_vs_plain = nullptr) const;
+    // The drafter's confidence in the first token of each window it drafted (kept or not).
+    void observe_first_confidence(float confidence);
+    // Tokens/ms (relative to plain) of running the drafter every step and keeping a one-token window
+    // only where its first token's confidence says it pays (the stop rule's decision), over the
+    // first-token confidences seen so far; 0 until enough were seen. Longer windows only add to it.
+    double gated_gain() const;
     // Cheapest possible verify: with every draft accepted, could any window beat plain?
     bool speculation_can_pay(int k_cap) const;
     // Window rule: given the expected accepted count so far and the probability that all drafted
@@ -60,6 +67,7 @@ private:
     double tc_ = 0.0;          // feature drafters: ms per committed position taken in
     bool tc_known_ = false;
     double conf_acc_[kBuckets] = {}, conf_n_[kBuckets] = {};
+    double first_n_[kBuckets] = {}, first_total_ = 0.0;
     std::vector<double> pos_acc_, pos_n_;
 };
 

@@ -111,7 +111,11 @@ int Engine::choose_window(const GenParams & gp, int k_cap, bool & probe) {
     if (gp.policy == DraftPolicy::Fixed) return k_cap;
     if (!costs_.has_verify_costs()) calibrate(gp.draft_max);
     if (!costs_.speculation_can_pay(k_cap)) return 0;  // not even perfect drafts would pay here
-    const int k = costs_.best_window(k_cap);
+    double gain = 0.0;
+    const int k = costs_.best_window(k_cap, &gain);
+    // Average acceptance may say "plain" while the drafter's confident tokens still pay: then draft
+    // every step and let the stop rule keep only what pays (often nothing: a plain step).
+    if (costs_.gated_gain() > std::max(1.0, gain)) return k_cap;
     if (k > 0) return k;
     // Plain decoding looks best; probe now and then (backing off) so the estimates can recover.
     if (++plain_since_probe_ < probe_interval_) return 0;
@@ -304,6 +308,7 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
                 req.need_confidence = gp.policy == DraftPolicy::Auto || gp.draft_p_min > 0.0f;
                 if (probe) req.max_catchup = kProbeCatchup;
                 req.keep = [&](int j, float p) {
+                    if (j == 0 && gp.policy == DraftPolicy::Auto) costs_.observe_first_confidence(p);
                     if (req.need_confidence && p < gp.draft_p_min) return false;
                     if (!auto_rule) return true;
                     const double a = costs_.accept_rate_conf(p);

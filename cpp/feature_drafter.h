@@ -17,7 +17,7 @@ namespace ppow {
 class FeatureDrafter : public Drafter {
 public:
     // Most committed positions one catch-up batch takes in (see draft()).
-    static constexpr int kMaxCatchup = 256;
+    static constexpr int kMaxCatchup = 64;
 
     // `target` must outlive the drafter (its context lends the token embeddings).
     FeatureDrafter(const ModelParams & params, LlamaModel & target);

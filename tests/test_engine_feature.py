@@ -193,14 +193,14 @@ def test_gemma_random_feature_drafter_lossless_two_threads(gemma_gguf, tmp_path)
             out = g.generate(i, n_predict=24, draft_max=k, ignore_eos=True)
             assert out.tokens == ref.tokens, (len(i), k)
             # every committed position entered the drafter (the reused prefix earlier; of a long
-            # prompt, the last 256 positions: FeatureDrafter::kMaxCatchup), but the tokens of the last
+            # prompt, the last 64 positions: FeatureDrafter::kMaxCatchup), but the tokens of the last
             # step, after which no window is drafted
             st = out.stats
-            assert st.n_draft_catchup >= min(len(i) - 1 - st.prompt_tokens_reused, 256) + len(out.tokens) - 2
+            assert st.n_draft_catchup >= min(len(i) - 1 - st.prompt_tokens_reused, 64) + len(out.tokens) - 2
 
 
 def test_long_prompt_catch_up_restarts_the_drafter_cache(tiny_target_gguf, frequent_drafter):
-    """A prompt past the 256-position catch-up bound, then a second prompt sharing only its start:
+    """A prompt past the 64-position catch-up bound, then a second prompt sharing only its start:
     the drafter's cache restarts at the first position kept (llama.cpp wants consecutive positions),
     and the output stays the target's."""
     with ppow.Generator(tiny_target_gguf, n_ctx=512, n_threads=1) as p, \
