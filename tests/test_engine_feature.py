@@ -143,6 +143,15 @@ def test_bad_files_and_kinds(tiny_target_gguf, tiny_drafter_gguf, frequent_draft
         _gen(tiny_target_gguf, str(trunc))
     with _gen(tiny_target_gguf, tiny_drafter_gguf, drafter_kind="model") as g:  # the other kind still loads
         assert g.drafter_kind == "model"
+    with pytest.raises(ValueError, match="n_threads_draft"):
+        _gen(tiny_target_gguf, frequent_drafter, n_threads_draft=-1)
+
+
+def test_drafter_threads_apart_from_the_target(plain, tiny_target_gguf, frequent_drafter):
+    ref = plain.generate(PROMPTS[1], n_predict=32, ignore_eos=True)
+    with ppow.Generator(tiny_target_gguf, frequent_drafter, n_ctx=256, n_threads=2, n_threads_draft=1) as g:
+        out = g.generate(PROMPTS[1], n_predict=32, ignore_eos=True, draft_max=3)
+    assert out.tokens == ref.tokens and out.stats.n_drafted > 0
 
 
 def test_cancel_and_stats(tiny_target_gguf, frequent_drafter):

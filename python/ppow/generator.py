@@ -119,7 +119,10 @@ class Generator:
     """Speculative (or plain) generation from a GGUF target with an optional GGUF drafter.
 
     Generator(target, drafter=None, n_ctx=4096, n_batch=512, n_threads=0, n_gpu_layers=0,
-              n_gpu_layers_draft=None, batch_invariant=True, drafter_kind="auto", **generation_defaults)
+              n_gpu_layers_draft=None, n_threads_draft=None, batch_invariant=True, drafter_kind="auto",
+              **generation_defaults)
+
+    n_threads_draft: threads of the drafter's forward passes (None: n_threads).
 
     drafter: a GGUF language model sharing the target's vocabulary (kind 'model'), or an EAGLE-3
     drafter in llama.cpp's eagle3 format that reads the target's hidden states (kind 'feature');
@@ -133,14 +136,15 @@ class Generator:
     """
 
     def __init__(self, target, drafter=None, *, n_ctx: int = 4096, n_batch: int = 512, n_threads: int = 0,
-                 n_gpu_layers: int = 0, n_gpu_layers_draft: int | None = None, batch_invariant: bool = True,
-                 drafter_kind: str = "auto", **defaults):
+                 n_gpu_layers: int = 0, n_gpu_layers_draft: int | None = None, n_threads_draft: int | None = None,
+                 batch_invariant: bool = True, drafter_kind: str = "auto", **defaults):
         from ppow import _core
 
         unknown = set(defaults) - set(_GEN_KEYS)
         if unknown:
             raise TypeError(f"unknown generation parameter(s): {', '.join(sorted(unknown))}")
-        for k, v, lo in (("n_ctx", n_ctx, 8), ("n_batch", n_batch, 1), ("n_threads", n_threads, 0)):
+        for k, v, lo in (("n_ctx", n_ctx, 8), ("n_batch", n_batch, 1), ("n_threads", n_threads, 0),
+                         ("n_threads_draft", n_threads if n_threads_draft is None else n_threads_draft, 0)):
             if not isinstance(v, int) or v < lo:
                 raise ValueError(f"{k} must be an integer >= {lo}, got {v!r}")
         self._defaults = {**_GEN_DEFAULTS, **defaults}
@@ -157,6 +161,8 @@ class Generator:
         if drafter is not None:
             ngld = n_gpu_layers if n_gpu_layers_draft is None else n_gpu_layers_draft
             dp = model_params(_check_file(drafter, "drafter"), ngld)
+            if n_threads_draft is not None:
+                dp.n_threads = n_threads_draft
             if drafter_kind not in ("auto", "model", "feature"):
                 raise ValueError(f"drafter_kind must be 'auto', 'model' or 'feature', got {drafter_kind!r}")
             dp.kind = drafter_kind
