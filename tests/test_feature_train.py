@@ -366,6 +366,20 @@ def test_convert_writes_norm_before_fc_and_full_vocab(work, tmp_path):
     assert list(t["output.weight"].shape) == [64, 512]
 
 
+def test_convert_from_a_resumable_checkpoint(work, tmp_path):
+    """OUT/ckpt (a run stopped early) holds the optimizer beside the weights: it converts as the
+    weights alone do."""
+    ckpt = work["dir"] / "kd" / "ckpt"
+    assert (ckpt / "trainer_state.safetensors").exists()
+    weights = tmp_path / "weights"
+    shutil.copytree(ckpt, weights, ignore=shutil.ignore_patterns("trainer_state.*"))
+    a = convert_drafter(str(ckpt), work["target"], str(tmp_path / "a.gguf"), "f32")
+    b = convert_drafter(str(weights), work["target"], str(tmp_path / "b.gguf"), "f32")
+    ta = {x.name: np.asarray(x.data) for x in gguf.GGUFReader(a).tensors}
+    tb = {x.name: np.asarray(x.data) for x in gguf.GGUFReader(b).tensors}
+    assert ta.keys() == tb.keys() and all(np.array_equal(ta[k], tb[k]) for k in ta)
+
+
 def _mutate(work, tmp_path, what):
     d = tmp_path / "bad"
     shutil.copytree(work["ckpt"], d)

@@ -32,6 +32,7 @@ from .safetensors_io import read_dir, read_file
 from .tokenizer import copy_tokenizer, token_count
 
 D2T_FILE = "draft_vocab.safetensors"
+TRAINER_STATE = "trainer_state.safetensors"  # a resumable checkpoint (OUT/ckpt) also holds the optimizer
 
 
 def load_d2t(ckpt_dir, n_target):
@@ -78,7 +79,7 @@ def convert_drafter(ckpt_dir, target_gguf, out_path, outtype="f16"):
     if d2t is not None and cfg["vocab_size"] != len(d2t):
         raise ConvertError(f"vocab size mismatch: drafter vocab_size={cfg['vocab_size']} but "
                            f"{D2T_FILE} maps {len(d2t)} draft tokens")
-    tensors = llama_tensors(read_dir(ckpt_dir, exclude=(D2T_FILE,)), cfg, ckpt_dir)
+    tensors = llama_tensors(read_dir(ckpt_dir, exclude=(D2T_FILE, TRAINER_STATE)), cfg, ckpt_dir)
 
     def fill(w):
         w.add_name(os.path.basename(os.path.normpath(ckpt_dir)))
