@@ -29,7 +29,8 @@ def feature_matches(model, vocab, cache, seq, k):
     Why one pass is exact: the window's token j is only read when tokens 0..j-1 were accepted, i.e.
     equalled the target's, so feeding the trajectory's tokens at every unrolled step (what training-time
     test does, column c at step j: the entry at position c + j) drafts what the chained drafter drafts
-    wherever it counts; the context is the whole sequence so far, as with ctx_len 0 at runtime."""
+    wherever it counts. The context is the whole sequence so far (ctx_len 0; the runtime takes in at most
+    a prompt's last 64 positions, which measured the same τ)."""
     s = int(cache.seq_start[seq])
     e = s + int(cache.seq_len[seq])
     every_row = torch.ones(len(cache), dtype=torch.bool)
