@@ -24,15 +24,14 @@ from ppow.gguf_keys import DRAFT_VOCAB_D2T as KEY_D2T
 from ppow.gguf_keys import DRAFT_VOCAB_UNK as KEY_UNK
 from ppow.gguf_keys import TARGET_N_VOCAB as KEY_TARGET_N_VOCAB
 
-from .eagle3 import convert_eagle3, is_feature_drafter
+from .eagle3 import convert_eagle3, is_feature_drafter, read_drafter_weights
 from .errors import ConvertError
 from .gguf_io import OUTTYPES, add_weight, open_gguf, write_gguf
 from .hf_llama import add_llama_params, llama_tensors, load_config
-from .safetensors_io import read_dir, read_file
+from .safetensors_io import read_file
 from .tokenizer import copy_tokenizer, token_count
 
 D2T_FILE = "draft_vocab.safetensors"
-TRAINER_STATE = "trainer_state.safetensors"  # a resumable checkpoint (OUT/ckpt) also holds the optimizer
 
 
 def load_d2t(ckpt_dir, n_target):
@@ -79,7 +78,7 @@ def convert_drafter(ckpt_dir, target_gguf, out_path, outtype="f16"):
     if d2t is not None and cfg["vocab_size"] != len(d2t):
         raise ConvertError(f"vocab size mismatch: drafter vocab_size={cfg['vocab_size']} but "
                            f"{D2T_FILE} maps {len(d2t)} draft tokens")
-    tensors = llama_tensors(read_dir(ckpt_dir, exclude=(D2T_FILE, TRAINER_STATE)), cfg, ckpt_dir)
+    tensors = llama_tensors(read_drafter_weights(ckpt_dir), cfg, ckpt_dir)
 
     def fill(w):
         w.add_name(os.path.basename(os.path.normpath(ckpt_dir)))

@@ -31,7 +31,6 @@ from .tokenizer import token_count
 
 MODEL_TYPE = "ppow_eagle3"
 D2T_FILE = "draft_vocab.safetensors"
-TRAINER_STATE = "trainer_state.safetensors"  # a resumable checkpoint (OUT/ckpt) also holds the optimizer
 CONFIG_KEYS = ("hidden_size", "target_hidden_size", "target_layers", "target_vocab_size", "draft_vocab_size",
                "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps",
                "rope_theta", "max_position_embeddings")
@@ -41,6 +40,11 @@ LAYER = {"midlayer.input_layernorm": "attn_norm", "midlayer.hidden_norm": "attn_
          "midlayer.post_attention_layernorm": "ffn_norm", "midlayer.mlp.gate_proj": "ffn_gate",
          "midlayer.mlp.up_proj": "ffn_up", "midlayer.mlp.down_proj": "ffn_down"}
 
+
+def read_drafter_weights(ckpt_dir):
+    """A trainer checkpoint's weights: not its draft vocabulary, nor a resumable checkpoint's
+    (OUT/ckpt) optimizer state."""
+    return read_dir(ckpt_dir, exclude=(D2T_FILE, "trainer_state.safetensors"))
 
 def is_feature_drafter(ckpt_dir):
     try:
@@ -151,7 +155,7 @@ def convert_eagle3(ckpt_dir, target_gguf, out_path, outtype="f16"):
     if n_layer is not None and not all(0 <= k < n_layer for k in cfg["target_layers"]):
         raise ConvertError(f"target_layers {cfg['target_layers']} outside the target's hidden_states[0..{n_layer - 1}]")
     d2t = load_d2t(ckpt_dir, cfg["draft_vocab_size"], n_target)
-    tensors = eagle3_tensors(read_dir(ckpt_dir, exclude=(D2T_FILE, TRAINER_STATE)), cfg, ckpt_dir)
+    tensors = eagle3_tensors(read_drafter_weights(ckpt_dir), cfg, ckpt_dir)
 
     def fill(w):
         w.add_name(os.path.basename(os.path.normpath(ckpt_dir)))
