@@ -100,11 +100,12 @@ def main(argv=None):
     from ppow.templates import TEMPLATES
 
     from ..train.data import read_prompts
+    from ..models import resolve_target
     from ..train.datagen import default_layers
 
     ap = argparse.ArgumentParser(prog="python -m ppow.bench.datagen", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--target", default=None, help="GGUF target (default: the packaged Gemma 3 270M)")
+    ap.add_argument("--target", default=None, help="GGUF target or a name (default: the packaged Gemma 3 270M)")
     ap.add_argument("--prompts", required=True)
     ap.add_argument("--template", choices=sorted(TEMPLATES), default="qa")
     ap.add_argument("--n", type=int, default=64, help="prompts (the same ones for every system)")
@@ -119,8 +120,8 @@ def main(argv=None):
     ap.add_argument("-o", "--out", default=None, help="write the JSON report here too")
     args = ap.parse_args(argv)
 
-    target = args.target or ppow.default_target()
-    prompts = [p["text"] for p in read_prompts(args.prompts, args.n, 0, args.template)]
+    target = resolve_target(args.target)
+    prompts = [p["text"] for p in read_prompts(args.prompts, args.n, 0, args.template, target)]
     with ppow.Generator(target, n_ctx=64, n_threads=1) as g:
         n_layer = g.n_layer
         bos = g._engine.bos
