@@ -110,6 +110,7 @@ NB_MODULE(_core, m) {
         .def_rw("n_batch", &ModelParams::n_batch)
         .def_rw("n_threads", &ModelParams::n_threads)
         .def_rw("batch_invariant", &ModelParams::batch_invariant)
+        .def_rw("flash_attn", &ModelParams::flash_attn)
         .def_rw("n_parallel", &ModelParams::n_parallel)
         .def_rw("kind", &ModelParams::kind);
 

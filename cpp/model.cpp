@@ -65,12 +65,26 @@ static bool abort_cb(void * data) {
     return flag && *flag;
 }
 
+// llama.cpp's CPU flash attention splits the KV range of a ONE-query decode among threads once the
+// cache view reaches 512 cells (ops.cpp, use_split_kv_path), which sums in another order than the
+// per-row path every multi-token batch takes: the same position then gets slightly different logits
+// from a plain step and from a verify batch, and near-tied argmaxes flip at depth. A throw-away row
+// in sequence 1 (masked out of sequence 0's attention, no logits) makes every decode a batch, so
+// plain steps, bonus-only steps and verify batches all compute each row the same way. The view is
+// padded to 256 cells, so the split starts once 257 cells are used; start padding a little earlier.
+// Without flash attention the one-token decode differs at every depth, on any number of threads:
+// its query is contiguous, so KQ goes through llamafile's sgemm, while a batch's permuted query takes
+// ggml's own dot products. There every one-token decode is padded.
+static constexpr int kPadSingleFrom = 192;
+
 LlamaModel::LlamaModel(const ModelParams & p) : path_(p.path) {
     install_log_capture();
     check_gguf(p.path);  // a malformed file must not reach llama.cpp, whose loader can abort on one
     if (p.n_ctx < 0) throw Error("n_ctx must be >= 0");
     if (p.n_batch < 1) throw Error("n_batch must be >= 1");
     if (p.n_parallel < 1 || p.n_parallel > 256) throw Error("n_parallel must be in [1, 256]");
+    if (p.flash_attn != "auto" && p.flash_attn != "on" && p.flash_attn != "off")
+        throw Error("flash_attn must be auto, on or off (got '" + p.flash_attn + "')");
     {
         std::lock_guard<std::mutex> lock(g_log_mutex);
         g_last_error.clear();
@@ -98,13 +112,18 @@ LlamaModel::LlamaModel(const ModelParams & p) : path_(p.path) {
     cp.n_batch = p.n_batch;
     cp.n_ubatch = p.n_batch;
     // Sequence 1 only ever holds the padding row of a one-token decode, for the length of that
-    // decode; one unified cache keeps the whole n_ctx for sequence 0.
-    pad_single_ = p.batch_invariant && n_threads > 1 && mp.n_gpu_layers == 0 && p.n_parallel == 1;
+    // decode; one unified cache keeps the whole n_ctx for sequence 0. ("auto" is on for a CPU.)
+    const bool flash = p.flash_attn != "off";
+    pad_single_ = p.batch_invariant && mp.n_gpu_layers == 0 && p.n_parallel == 1 && (n_threads > 1 || !flash);
+    pad_from_ = flash ? kPadSingleFrom : 0;
     cp.n_seq_max = p.n_parallel > 1 ? p.n_parallel : pad_single_ ? 2 : 1;
     cp.kv_unified = true;
     cp.n_threads = n_threads;
     cp.n_threads_batch = n_threads;
     cp.no_perf = true;
+    cp.flash_attn_type = p.flash_attn == "on"    ? LLAMA_FLASH_ATTN_TYPE_ENABLED
+                         : p.flash_attn == "off" ? LLAMA_FLASH_ATTN_TYPE_DISABLED
+                                                 : LLAMA_FLASH_ATTN_TYPE_AUTO;
     // Sliding-window models (Gemma 3) must keep the full KV so rejected draft positions can be removed.
     cp.swa_full = true;
     // The capture asks for no graph node until layers are requested, so an idle capture leaves the
@@ -135,15 +154,6 @@ void LlamaModel::set_abort_flag(const volatile bool * flag) {
     llama_set_abort_callback(ctx_, abort_cb, (void *) flag);
 }
 
-// llama.cpp's CPU flash attention splits the KV range of a ONE-query decode among threads once the
-// cache view reaches 512 cells (ops.cpp, use_split_kv_path), which sums in another order than the
-// per-row path every multi-token batch takes: the same position then gets slightly different logits
-// from a plain step and from a verify batch, and near-tied argmaxes flip at depth. A throw-away row
-// in sequence 1 (masked out of sequence 0's attention, no logits) makes every decode a batch, so
-// plain steps, bonus-only steps and verify batches all compute each row the same way. The view is
-// padded to 256 cells, so the split starts once 257 cells are used; start padding a little earlier.
-static constexpr int kPadSingleFrom = 192;
-
 double LlamaModel::decode(const llama_token * tokens, int n, int n_logits) {
     if (n <= 0) return 0.0;
     if ((int) cached_.size() + n > n_ctx_) throw Error("context full: cannot decode past n_ctx");
@@ -162,7 +172,7 @@ double LlamaModel::decode(const llama_token * tokens, int n, int n_logits) {
             batch_.logits[i] = j >= n - n_logits;
             outputs += batch_.logits[i];
         }
-        const bool pad = pad_single_ && m == 1 && (int) cached_.size() >= kPadSingleFrom &&
+        const bool pad = pad_single_ && m == 1 && (int) cached_.size() >= pad_from_ &&
                          (int) cached_.size() + 2 <= (int) llama_n_ctx(ctx_);
         if (pad) {
             batch_.token[1] = tokens[start];

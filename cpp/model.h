@@ -24,8 +24,12 @@ struct ModelParams {
     int n_batch = 512;      // largest batch handed to one llama_decode
     int n_threads = 0;      // 0: all hardware threads
     // Pad one-token decodes to two rows so they take the same attention kernel as verify batches
-    // (see LlamaModel::decode). Only acts on CPU with several threads, past kPadSingleFrom tokens.
+    // (see LlamaModel::decode). Only acts on CPU: with flash attention past kPadSingleFrom tokens
+    // and several threads, without it on every one-token decode.
     bool batch_invariant = true;
+    // llama.cpp's flash attention: "auto" (llama.cpp decides; on for CPU), "on" or "off". On a CPU
+    // "off" decodes deep contexts faster for some targets (README, plain decoding by depth).
+    std::string flash_attn = "auto";
     // Sequences the context holds at once (one unified KV cache): > 1 only for batched data
     // generation, where sequence ids 0..n_parallel-1 are driven directly through ctx().
     int n_parallel = 1;
@@ -84,6 +88,7 @@ private:
     int n_vocab_ = 0, n_ctx_ = 0, n_batch_ = 0;
     int n_out_last_ = 0;
     bool pad_single_ = false;
+    int pad_from_ = 0;  // cached tokens from which one-token decodes are padded
     std::vector<llama_token> cached_;
 };
 

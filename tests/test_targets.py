@@ -16,13 +16,6 @@ from ppow.cli.run import resolve_models
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-@pytest.fixture(scope="module")
-def smollm2_gguf():
-    # No skip when the package is missing: the README's test command installs it, and the error
-    # names the pip command.
-    return ppow.default_target("smollm2-135m")
-
-
 # -- the registry ---------------------------------------------------------------------------------
 
 def test_names():
@@ -261,3 +254,17 @@ def test_smollm2_greedy_speculative_is_lossless(smollm2_gguf, smollm2_prompts, s
                 assert out.stats.n_drafted > 0
                 accepted += out.stats.n_accepted
     assert accepted > 0
+
+
+@pytest.mark.real
+def test_smollm2_greedy_speculative_is_lossless_without_flash_attention(smollm2_gguf, smollm2_prompts, smollm2_eagle3):
+    """flash_attn='off' takes other attention kernels (every plain step padded): speculative output
+    still equals the same Generator's plain output, shallow and past 300 tokens."""
+    with ppow.Generator(smollm2_gguf, smollm2_eagle3, n_ctx=1024, n_threads=2, flash_attn="off") as g:
+        for name in ("chat", "deep"):
+            ref = g.generate(smollm2_prompts[name], n_predict=N_PREDICT, ignore_eos=True, use_drafter=False).tokens
+            for k in (1, 3):
+                out = g.generate(smollm2_prompts[name], n_predict=N_PREDICT, draft_max=k, ignore_eos=True)
+                assert out.tokens == ref, (k, name)
+    with pytest.raises(ValueError, match="flash_attn must be 'auto', 'on' or 'off'"):
+        ppow.Generator(smollm2_gguf, flash_attn="fast")

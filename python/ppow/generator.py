@@ -119,8 +119,8 @@ class Generator:
     """Speculative (or plain) generation from a GGUF target with an optional GGUF drafter.
 
     Generator(target, drafter=None, n_ctx=4096, n_batch=512, n_threads=0, n_gpu_layers=0,
-              n_gpu_layers_draft=None, n_threads_draft=None, batch_invariant=True, drafter_kind="auto",
-              **generation_defaults)
+              n_gpu_layers_draft=None, n_threads_draft=None, batch_invariant=True, flash_attn="auto",
+              drafter_kind="auto", **generation_defaults)
 
     n_threads_draft: threads of the drafter's forward passes (None: n_threads).
 
@@ -133,11 +133,17 @@ class Generator:
     batches take the same attention kernel and greedy speculative output stays token-identical
     to plain at any depth. Costs plain steps there 10-19 % on a 2-core CPU (measured); False
     gives llama.cpp's own one-token path (what llama.cpp itself outputs, not batch-invariant).
+
+    flash_attn: the target's attention, "auto" (llama.cpp's choice: flash attention on a CPU),
+    "on" or "off". Without it one-token decodes differ from batch rows at every depth, so with
+    batch_invariant every plain step is a two-row batch; on a CPU "off" still decodes deep contexts
+    faster for targets with many attention heads (SmolLM2 at 512+ tokens: README, by depth).
     """
 
     def __init__(self, target, drafter=None, *, n_ctx: int = 4096, n_batch: int = 512, n_threads: int = 0,
                  n_gpu_layers: int = 0, n_gpu_layers_draft: int | None = None, n_threads_draft: int | None = None,
-                 batch_invariant: bool = True, drafter_kind: str = "auto", **defaults):
+                 batch_invariant: bool = True, flash_attn: str = "auto", drafter_kind: str = "auto",
+                 **defaults):
         from ppow import _core
 
         unknown = set(defaults) - set(_GEN_KEYS)
@@ -156,7 +162,10 @@ class Generator:
             mp.batch_invariant = bool(batch_invariant)
             return mp
 
+        if flash_attn not in ("auto", "on", "off"):
+            raise ValueError(f"flash_attn must be 'auto', 'on' or 'off', got {flash_attn!r}")
         tp = model_params(_check_file(target, "target"), n_gpu_layers)
+        tp.flash_attn = flash_attn
         dp = None
         if drafter is not None:
             ngld = n_gpu_layers if n_gpu_layers_draft is None else n_gpu_layers_draft

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-batch-invariant", action="store_true",
                     help="decode single target tokens with llama.cpp's own one-row kernels (faster plain steps "
                          "at depth on several CPU threads, but verify batches may then round differently)")
+    ap.add_argument("-fa", "--flash-attn", choices=("auto", "on", "off"), default="auto",
+                    help="the target's flash attention (as llama.cpp's -fa); off: faster deep contexts on a CPU "
+                         "for many-head targets, every plain step then padded to stay exact")
     ap.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="target layers on the GPU (-1: all)")
     ap.add_argument("-ngld", "--n-gpu-layers-draft", type=int, default=None, help="drafter layers on the GPU")
     ap.add_argument("--temp", type=float, default=0.0, help="0: greedy")
@@ -99,7 +102,7 @@ def main(argv=None) -> int:
         target, drafter = resolve_models(args.model, args.model_draft)
         gen = Generator(target, drafter, n_ctx=args.ctx_size, n_batch=args.batch_size, n_threads=args.threads,
                         n_gpu_layers=args.n_gpu_layers, n_gpu_layers_draft=args.n_gpu_layers_draft,
-                        batch_invariant=not args.no_batch_invariant)
+                        batch_invariant=not args.no_batch_invariant, flash_attn=args.flash_attn)
         params = dict(n_predict=args.n_predict, temp=args.temp, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                       draft_max=args.draft_max, draft_min=args.draft_min, draft_p_min=args.draft_p_min,
                       draft_policy=args.draft_policy, stop=args.stop, ignore_eos=args.ignore_eos)
