@@ -77,13 +77,13 @@ def exactness(target, prompt_ids, batched, max_new, threads):
     return first_diff
 
 
-def engine_rate(target, prompt_ids, n_parallel, max_new, topk, layers, threads, keep=None):
+def engine_rate(target, prompt_ids, n_parallel, max_new, topk, layers, threads, keep=None, flash_attn="auto"):
     from ppow import _core
 
     mp = _core.ModelParams()
     per = max(len(p) for p in prompt_ids) + max_new + 1
     mp.path, mp.n_threads, mp.n_parallel, mp.batch_invariant = target, threads, n_parallel, False
-    mp.n_ctx, mp.n_batch = n_parallel * per + 256, 512
+    mp.n_ctx, mp.n_batch, mp.flash_attn = n_parallel * per + 256, 512, flash_attn
     gen = _core.DataGen(mp)
     params = _core.DataGenParams()
     params.max_new, params.topk, params.layers = max_new, topk, layers
@@ -115,6 +115,7 @@ def main(argv=None):
     ap.add_argument("--prompt-tail", type=int, default=64)
     ap.add_argument("--topk", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--flash-attn", default="auto", help="the data engine's attention: auto, off, or both (auto,off)")
     ap.add_argument("--exact-n", type=int, default=16,
                     help="compare this many batched trajectories with one-at-a-time greedy decoding")
     ap.add_argument("-o", "--out", default=None, help="write the JSON report here too")
@@ -137,11 +138,13 @@ def main(argv=None):
                                                                         args.threads))]
     print(json.dumps(rows[-1]), flush=True)
     kept = {}
-    for npar in (int(x) for x in args.n_parallel.split(",")):
-        keep = kept if npar == max(int(x) for x in args.n_parallel.split(",")) else None
-        rows.append(dict(system=f"data engine, {npar} in flight", **engine_rate(target, ids, npar, args.max_new,
-                                                                                   args.topk, layers, args.threads, keep)))
-        print(json.dumps(rows[-1]), flush=True)
+    for fa in args.flash_attn.split(","):
+        for npar in (int(x) for x in args.n_parallel.split(",")):
+            keep = kept if npar == max(int(x) for x in args.n_parallel.split(",")) else None
+            name = f"data engine, {npar} in flight" + ("" if fa == "auto" else f", flash attention {fa}")
+            rows.append(dict(system=name, **engine_rate(target, ids, npar, args.max_new, args.topk, layers,
+                                                        args.threads, keep, fa)))
+            print(json.dumps(rows[-1]), flush=True)
     rows.append(dict(system="plain (after)", tokens_per_second=plain_rate(target, prompts[:args.plain_n], args.max_new,
                                                                          args.threads)))
     print(json.dumps(rows[-1]), flush=True)
