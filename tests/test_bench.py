@@ -234,3 +234,22 @@ def test_real_gemma_drafting_for_itself(tmp_path, gemma_gguf):
     assert rep["n_checked"] == 2 and rep["n_checked_peers"] == 2
     for name in ("ppow gemma k=3", "llama-cpp-python gemma k=3"):
         assert rep["results"][name]["overall"]["tau_pooled"] > 1.0  # the same model agrees with itself
+
+
+def test_h2h_reads_llama_speculative_simple(tmp_path):
+    """The head-to-head parses llama.cpp's output: the text after the echoed prompt, its decode rate
+    and draft counts (a stand-in binary prints them in llama-speculative-simple's format)."""
+    from ppow.bench.h2h import llama_cpp_spec
+
+    fake = tmp_path / "llama-speculative-simple"
+    fake.write_text("#!/bin/sh\n"
+                    "for a; do last=$a; done\n"
+                    "cat \"$last\"; printf ' Paris is the capital.\\n\\n'\n"
+                    "echo '0.00.7 I decoded   33 tokens in    0.500 seconds, speed:   66.0 t/s' >&2\n"
+                    "echo '0.00.7 I n_drafted = 40' >&2\n"
+                    "echo '0.00.7 I n_accept  = 11' >&2\n")
+    fake.chmod(0o755)
+    r = llama_cpp_spec(str(tmp_path), "t.gguf", "d.gguf", "Q: capital of France?", 32, 2, 2, 512)
+    assert r["text"] == "Paris is the capital."
+    assert r["tokens_per_second"] == pytest.approx(66.0) and r["n_drafted"] == 40 and r["n_accepted"] == 11
+    assert r["tau"] == pytest.approx(33 / 22)

@@ -106,6 +106,10 @@ def main(argv=None):
                        "llama_cpp_acceptance": lc["n_accepted"] / max(1, lc["n_drafted"]),
                        # compare the common prefix: llama-speculative-simple may run past n
                        "llama_cpp_exact": lc["text"][:len(lc_plain)] == lc_plain[:len(lc["text"])]}
+                if not row["llama_cpp_exact"]:  # where the texts part, for reading
+                    at = next(j for j, (a, b) in enumerate(zip(lc["text"], lc_plain)) if a != b)
+                    row["llama_cpp_differs"] = {"at_char": at, "spec": lc["text"][max(0, at - 40):at + 40],
+                                                "plain": lc_plain[max(0, at - 40):at + 40]}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     summary = {}
