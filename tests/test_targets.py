@@ -268,3 +268,17 @@ def test_smollm2_greedy_speculative_is_lossless_without_flash_attention(smollm2_
                 assert out.tokens == ref, (k, name)
     with pytest.raises(ValueError, match="flash_attn must be 'auto', 'on' or 'off'"):
         ppow.Generator(smollm2_gguf, flash_attn="fast")
+
+
+@pytest.mark.real
+def test_shipped_smollm2_drafter_is_lossless_and_accepts(smollm2_gguf, smollm2_prompts, smollm2_refs):
+    """The shipped SmolLM2 feature drafter loads as kind 'feature', its greedy output equals plain
+    output, and a trained drafter gets some of its drafts accepted on a chat prompt."""
+    drafter = ppow.default_drafter("kd", target="smollm2-135m")
+    with ppow.Generator(smollm2_gguf, drafter, n_ctx=1024, n_threads=2) as g:
+        assert g.drafter_kind == "feature"
+        for name in ("chat", "deep"):
+            out = g.generate(smollm2_prompts[name], n_predict=N_PREDICT, draft_max=3, ignore_eos=True)
+            assert out.tokens == smollm2_refs[name], name
+            if name == "chat":
+                assert out.stats.n_accepted > 0
