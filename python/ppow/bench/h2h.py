@@ -60,8 +60,9 @@ def llama_cpp_spec(bin_dir, target, drafter, prompt_text, n, k, threads, n_ctx):
 
 def main(argv=None):
     import ppow
+    from ppow.bench.cli import int_list
+    from ppow.bench.prompts import load_prompts
     from ppow.models import resolve_target
-    from ppow.train.data import read_prompts
 
     ap = argparse.ArgumentParser(prog="python -m ppow.bench.h2h", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,37 +70,33 @@ def main(argv=None):
     ap.add_argument("--drafter", required=True, help="eagle3 drafter GGUF")
     ap.add_argument("--prompts", required=True)
     ap.add_argument("--per-category", type=int, default=4)
-    ap.add_argument("--k", default="2")
+    ap.add_argument("--k", type=int_list, default=[2], metavar="K[,K...]")
     ap.add_argument("-n", "--n-predict", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bin", required=True, help="directory with llama.cpp's llama-speculative-simple")
     ap.add_argument("-o", "--out", default=None)
     args = ap.parse_args(argv)
     target = resolve_target(args.target)
-    ks = [int(k) for k in args.k.split(",")]
+    ks = args.k
 
-    prompts, seen = [], {}
-    for p in read_prompts(args.prompts, None, 0, "chat", target):
-        if seen.get(p["category"], 0) < args.per_category:
-            seen[p["category"]] = seen.get(p["category"], 0) + 1
-            prompts.append(p)
+    prompts = load_prompts(args.prompts, "chat", per_category=args.per_category, target=target)
     n_ctx = 2048
     lc_plain_of = {}
     with ppow.Generator(target, n_ctx=n_ctx, n_threads=args.threads, batch_invariant=False) as g:
         for i, p in enumerate(prompts):
-            ids = g.tokenize(p["text"], parse_special=True)
+            ids = g.tokenize(p.text, parse_special=True)
             lc_plain_of[i] = g.generate(ids, n_predict=args.n_predict).text
     rows = []
     with ppow.Generator(target, args.drafter, n_ctx=n_ctx, n_threads=args.threads) as g:
         for i, p in enumerate(prompts):
-            ids = g.tokenize(p["text"], parse_special=True)
+            ids = g.tokenize(p.text, parse_special=True)
             plain = g.generate(ids, n_predict=args.n_predict, use_drafter=False)
             lc_plain = lc_plain_of[i].strip()
             for k in ks:
                 out = g.generate(ids, n_predict=args.n_predict, draft_max=k)
-                lc = llama_cpp_spec(args.bin, target, args.drafter, p["text"], args.n_predict, k, args.threads, n_ctx)
+                lc = llama_cpp_spec(args.bin, target, args.drafter, p.text, args.n_predict, k, args.threads, n_ctx)
                 s = out.stats
-                row = {"prompt": i, "category": p["category"], "k": k,
+                row = {"prompt": i, "category": p.category, "k": k,
                        "ppow_tokens_per_second": s.tokens_per_second, "ppow_tau": s.tau,
                        "ppow_acceptance": s.acceptance_rate, "ppow_exact": out.tokens == plain.tokens,
                        "llama_cpp_tokens_per_second": lc["tokens_per_second"], "llama_cpp_tau": lc["tau"],
