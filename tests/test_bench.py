@@ -236,20 +236,69 @@ def test_real_gemma_drafting_for_itself(tmp_path, gemma_gguf):
         assert rep["results"][name]["overall"]["tau_pooled"] > 1.0  # the same model agrees with itself
 
 
-def test_h2h_reads_llama_speculative_simple(tmp_path):
-    """The head-to-head parses llama.cpp's output: the text after the echoed prompt, its decode rate
-    and draft counts (a stand-in binary prints them in llama-speculative-simple's format)."""
-    from ppow.bench.h2h import llama_cpp_spec
+FAKE_SPECULATIVE_SIMPLE = """#!{python}
+# Stand-in for llama.cpp's llama-speculative-simple: echoes the prompt, then the continuation the test
+# stored for it (two tokens past -n, as the binary may run on), and its stats in the binary's format.
+import json, os, sys
+a = sys.argv
+if a[a.index("--spec-draft-n-max") + 1] == "2":
+    sys.exit("eagle3: cannot extract the target's features")
+prompt = open(a[a.index("-f") + 1], encoding="utf-8").read()
+text = json.load(open(os.environ["FAKE_OUTPUTS"], encoding="utf-8"))[prompt]
+print(prompt + text)
+print("0.00.7 I decoded   10 tokens in    0.500 seconds, speed:   20.0 t/s", file=sys.stderr)
+print("0.00.7 I n_drafted = 8", file=sys.stderr)
+print("0.00.7 I n_accept  = 4", file=sys.stderr)
+"""
 
-    fake = tmp_path / "llama-speculative-simple"
-    fake.write_text("#!/bin/sh\n"
-                    "for a; do last=$a; done\n"
-                    "cat \"$last\"; printf ' Paris is the capital.\\n\\n'\n"
-                    "echo '0.00.7 I decoded   33 tokens in    0.500 seconds, speed:   66.0 t/s' >&2\n"
-                    "echo '0.00.7 I n_drafted = 40' >&2\n"
-                    "echo '0.00.7 I n_accept  = 11' >&2\n")
+
+def test_llama_cpp_binary_peer(tmp_path, prompt_file, tiny_target_gguf, tiny_drafter_gguf, monkeypatch):
+    """ppow-bench --llama-cpp-bin: llama.cpp's runtime as a peer at each k, its output checked as text
+    against llama.cpp's one-token decoding over the common length, a k it cannot run skipped with the
+    binary's reason, and the head-to-head table."""
+    import sys
+
+    import ppow
+    from ppow.bench.prompts import load_prompts
+
+    outputs = {}
+    with ppow.Generator(tiny_target_gguf, n_ctx=2048, n_threads=1, batch_invariant=False) as g:
+        for p in load_prompts(prompt_file, "raw"):
+            out = g.generate(g.tokenize(p.text, add_special=True), n_predict=10)
+            outputs[p.text] = g.detokenize(out.tokens)
+    (tmp_path / "outputs.json").write_text(json.dumps(outputs), encoding="utf-8")
+    monkeypatch.setenv("FAKE_OUTPUTS", str(tmp_path / "outputs.json"))
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "llama-speculative-simple"
+    fake.write_text(FAKE_SPECULATIVE_SIMPLE.format(python=sys.executable), encoding="utf-8")
     fake.chmod(0o755)
-    r = llama_cpp_spec(str(tmp_path), "t.gguf", "d.gguf", "Q: capital of France?", 32, 2, 2, 512)
-    assert r["text"] == "Paris is the capital."
-    assert r["tokens_per_second"] == pytest.approx(66.0) and r["n_drafted"] == 40 and r["n_accepted"] == 11
-    assert r["tau"] == pytest.approx(33 / 22)
+
+    out = tmp_path / "out"
+    rc, rep = run_cli(["--prompts", prompt_file, "--target", tiny_target_gguf, "--drafter", f"tiny={tiny_drafter_gguf}",
+                       "-n", 8, "--k", "1,2", "--no-auto", "--template", "raw", "--peers", "none",
+                       "--llama-cpp-bin", bindir, "-o", out])
+    assert rc == 0
+    names = [s["name"] for s in rep["systems"]]
+    assert names == ["ppow plain", "ppow tiny k=1", "ppow tiny k=2", "llama.cpp plain", "llama.cpp tiny k=1"]
+    reasons = {s["system"]: s["reason"] for s in rep["skipped"]}
+    assert "cannot extract the target's features" in reasons["llama.cpp tiny k=2"]
+    assert rep["peer_mismatches"] == [] and rep["n_checked_peers"] == 3
+    o = rep["results"]["llama.cpp tiny k=1"]["overall"]
+    assert o["tokens_per_second"]["median"] == pytest.approx(20.0) and o["tau_pooled"] == pytest.approx(10 / 6)
+    (h2h,) = rep["head_to_head"]
+    assert h2h["ppow"] == "ppow tiny k=1" and h2h["peer"] == "llama.cpp tiny k=1" and h2h["ratio"]["n"] == 3
+    assert "## Head to head" in (out / "report.md").read_text(encoding="utf-8")
+
+    # A different continuation is reported as the peer's mismatch, not as ppow's failure.
+    outputs = {t: " zzz" + o for t, o in outputs.items()}
+    (tmp_path / "outputs.json").write_text(json.dumps(outputs), encoding="utf-8")
+    rc, rep = run_cli(["--prompts", prompt_file, "--target", tiny_target_gguf, "--drafter", f"tiny={tiny_drafter_gguf}",
+                       "-n", 8, "--k", "1", "--no-auto", "--template", "raw", "--peers", "none",
+                       "--llama-cpp-bin", bindir, "-o", out])
+    assert rc == 0 and len(rep["peer_mismatches"]) == 3 and rep["mismatches"] == []
+
+
+def test_llama_cpp_bin_must_hold_the_binary(prompt_file, tmp_path):
+    with pytest.raises(SystemExit):
+        cli.main(["--prompts", prompt_file, "-o", str(tmp_path), "--llama-cpp-bin", str(tmp_path)])

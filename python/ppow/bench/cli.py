@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated peers: llama-cpp-python (plain and with each token drafter), "
                          "prompt-lookup (llama-cpp-python's LlamaPromptLookupDecoding at each --k), hf, or none "
                          "(default llama-cpp-python)")
+    ap.add_argument("--llama-cpp-bin", metavar="DIR",
+                    help="directory with llama.cpp's llama-speculative-simple (built from the llama-cpp-python "
+                         "sdist: ppow/bench/peer_llamacpp_bin.py): adds llama.cpp's own speculative runtime with "
+                         "each drafter at each --k, and the head-to-head table")
     ap.add_argument("--peer-repack", action="store_true",
                     help="let llama-cpp-python repack weights (its default; ppow does not, for batch-invariant "
                          "verification, and neither does the peer unless this is given)")
@@ -110,6 +114,11 @@ def check_args(ap, args):
     for _, path in args.drafter + args.reference:
         if not os.path.isfile(path):
             ap.error(f"drafter not found: {path}")
+    if args.llama_cpp_bin is not None:
+        from ppow.bench.peer_llamacpp_bin import BINARY
+
+        if not os.access(os.path.join(args.llama_cpp_bin, BINARY), os.X_OK):
+            ap.error(f"--llama-cpp-bin: no executable {BINARY} in {args.llama_cpp_bin}")
     for name, path in args.drafter_hf:
         if name not in names:
             ap.error(f"--drafter-hf {name}: no --drafter named {name}")
@@ -221,6 +230,51 @@ def prompt_lookup_systems(args, target, n_ctx, closers):
                       for k in args.k]
 
 
+def llamacpp_bin_systems(args, target, n_ctx, prompts, ids, skipped, closers):
+    """llama.cpp's own runtime (llama-speculative-simple), each drafter at each fixed k. Its baseline is
+    llama.cpp's one-token decoding through a ppow Generator with batch_invariant=False (the same kernels
+    and no padding row: the binary itself cannot run without a drafter). A system that fails on the
+    first prompt (llama.cpp's eagle3 path aborts on gemma3 targets) is skipped with the binary's reason."""
+    from ppow import Generator
+    from ppow.bench.peer_llamacpp_bin import LlamaCppBinError, RetokenizedRunner, SpeculativeSimpleRunner
+    from ppow.bench.runners import PpowRunner, System
+
+    kind = "llama.cpp"
+    gen = Generator(target, n_ctx=n_ctx, n_threads=args.threads, batch_invariant=False)
+    closers.append(gen.close)
+    retokenize = lambda text: gen.tokenize(text, add_special=False, parse_special=False)
+    text_of = {tuple(i): p.text for i, p in zip(ids, prompts)}
+    common = dict(n_predict=args.n_predict, temp=args.temp, seed=args.seed, ignore_eos=False)
+    compared = "compared as text with its baseline over the common length (the binary prints text only)"
+    systems = [System(f"{kind} plain", kind, RetokenizedRunner(PpowRunner(gen, use_drafter=False, **common),
+                                                                retokenize, gen.detokenize),
+                      notes=["llama.cpp's one-token decoding (a ppow Generator with batch_invariant=False: "
+                             "llama_decode of one token per step, no padding row); llama-speculative-simple "
+                             "cannot run without a drafter"])]
+    if args.temp != 0:
+        skipped.append({"system": f"{kind} (speculative)", "reason": "the peer runs greedy only (--temp 0)"})
+        return systems
+    probe_ids = ids[0]
+    for name, path in args.drafter:
+        for k in args.k:
+            runner = SpeculativeSimpleRunner(args.llama_cpp_bin, target, path, k, args.n_predict,
+                                             args.threads or os.cpu_count() or 1, n_ctx, text_of, retokenize)
+            try:
+                runner.run(probe_ids)
+            except LlamaCppBinError as e:
+                skipped.append({"system": f"{kind} {name} k={k}", "reason": str(e)})
+                continue
+            systems.append(System(f"{kind} {name} k={k}", kind, runner, baseline=f"{kind} plain", drafter=name,
+                                  policy="fixed", k=k, compare_prefix=True,
+                                  timing="the binary's decode loop (prompt and model load excluded)",
+                                  notes=[f"{BINARY_NOTE}; {compared}"]))
+    return systems
+
+
+BINARY_NOTE = ("llama-speculative-simple --spec-type draft-eagle3|draft-simple --spec-draft-n-max k "
+               "--spec-draft-n-min 0 --spec-draft-p-min 0 --no-repack, one process per run")
+
+
 def hf_systems(args, target, skipped):
     from ppow.bench import peer_hf
     from ppow.bench.runners import System
@@ -294,8 +348,9 @@ def warm_up(systems, ids):
     """One untimed run of every system on (a prefix of) the first prompt: first calls build compute
     graphs and fault in weights."""
     for s in systems:
-        s.runner.prime(ids)
-        s.runner.run(ids)
+        if getattr(s.runner, "needs_warm_up", True):
+            s.runner.prime(ids)
+            s.runner.run(ids)
 
 
 def main(argv=None) -> int:
@@ -304,7 +359,7 @@ def main(argv=None) -> int:
     check_args(ap, args)
 
     from ppow import Generator, PpowError
-    from ppow.bench.analysis import add_speedups, check_outputs, summarize_all
+    from ppow.bench.analysis import add_speedups, check_outputs, head_to_head, summarize_all
     from ppow.bench.plots import write_plots
     from ppow.bench.prompts import load_prompts
     from ppow.bench.report import overall_table, write_report
@@ -335,6 +390,8 @@ def main(argv=None) -> int:
             systems += llamacpp_systems(args, target, n_ctx, skipped, closers)
         if "prompt-lookup" in args.peers:
             systems += prompt_lookup_systems(args, target, n_ctx, closers)
+        if args.llama_cpp_bin:
+            systems += llamacpp_bin_systems(args, target, n_ctx, prompts, ids, skipped, closers)
         if "hf" in args.peers:
             systems += hf_systems(args, target, skipped)
         print(f"ppow-bench: {len(prompts)} prompts, {len(systems)} systems, n={args.n_predict}", file=sys.stderr)
@@ -367,11 +424,13 @@ def main(argv=None) -> int:
                      "n_predict": args.n_predict, "temp": args.temp, "greedy": greedy, "seed": args.seed,
                      "k": args.k, "auto": args.auto, "auto_max": args.auto_max, "repeats": args.repeats,
                      "threads": args.threads, "n_ctx": n_ctx, "peers": args.peers, "peer_repack": args.peer_repack,
+                     "llama_cpp_bin": args.llama_cpp_bin,
                      "hf_limit": args.hf_limit, "date": datetime.datetime.now().isoformat(timespec="seconds"),
                      "argv": sys.argv[1:] if argv is None else list(argv)},
         "systems": descr,
         "skipped": skipped,
         "results": summarize_all(runs, descr),
+        "head_to_head": head_to_head(runs, descr),
         "n_checked": compared.count("ppow"),
         "n_checked_peers": len(compared) - compared.count("ppow"),
         "mismatches": mismatches,

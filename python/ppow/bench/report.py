@@ -102,6 +102,17 @@ def render_markdown(report) -> str:
         L.append("")
         L += acceptance_table(report)
         L.append("")
+    if report.get("head_to_head"):
+        L.append("## Head to head (same drafter GGUF, same k)")
+        L.append("")
+        L.append("Per prompt: ppow's tokens/s over the peer's; median, IQR and min–max over prompts.")
+        L.append("")
+        L += _table(["ppow", "peer", "median ratio", "IQR", "min–max", "prompts"],
+                    [[h["ppow"], h["peer"], _f(h["ratio"] and h["ratio"]["median"]),
+                      f"{_f(h['ratio'] and h['ratio']['q1'])}–{_f(h['ratio'] and h['ratio']['q3'])}",
+                      f"{_f(h['ratio'] and h['ratio']['min'])}–{_f(h['ratio'] and h['ratio']['max'])}",
+                      h["ratio"]["n"] if h["ratio"] else 0] for h in report["head_to_head"]])
+        L.append("")
     L.append("## Output check")
     L.append("")
     mismatch_header = ["system", "prompt", "category", "repeat", "first differing position", "expected", "got"]
@@ -120,7 +131,7 @@ def render_markdown(report) -> str:
         L += _table(mismatch_header, mismatch_rows(report["mismatches"]))
     if st["greedy"] and report["n_checked_peers"]:
         L.append("")
-        L.append(f"Peers (reported, not failures: neither verifies with batch-invariant kernels): "
+        L.append(f"Peers (reported, not failures: none verifies with batch-invariant kernels): "
                  f"{len(report['peer_mismatches'])} of {report['n_checked_peers']} speculative greedy runs "
                  f"differ from their own engine's plain output.")
         if report["peer_mismatches"]:

@@ -21,10 +21,11 @@ class Measure:
     drafted_at: list | None = None   # windows that reached draft position i
     accepted_at: list | None = None  # ... and had position i accepted
     stop_reason: str = ""
+    n_decoded: int | None = None     # tokens the engine decoded, where `tokens` is its text re-tokenized
 
     @property
     def n_generated(self) -> int:
-        return len(self.tokens)
+        return len(self.tokens) if self.n_decoded is None else self.n_decoded
 
     @property
     def tau(self) -> float | None:
@@ -43,19 +44,21 @@ class Measure:
 @dataclass
 class System:
     name: str
-    family: str                  # "ppow" | "llama-cpp-python" | "hf"
+    family: str                  # "ppow" | "llama-cpp-python" | "llama.cpp" | "hf"
     runner: object               # has prime(ids) and run(ids) -> Measure
     baseline: str | None = None  # name of the plain system this one is compared with; None: it is one
     drafter: str | None = None
     policy: str | None = None    # "fixed" | "auto" | "hf-default"
     k: int | None = None
     max_prompts: int | None = None  # run on the first N prompts only (the slow HF peer)
+    compare_prefix: bool = False    # output check over the common length (an engine that may run past -n)
     timing: str = "generation loop, prompt processing excluded"
     notes: list = field(default_factory=list)
 
     def describe(self) -> dict:
         return {"name": self.name, "family": self.family, "baseline": self.baseline, "drafter": self.drafter,
-                "policy": self.policy, "k": self.k, "max_prompts": self.max_prompts, "timing": self.timing,
+                "policy": self.policy, "k": self.k, "max_prompts": self.max_prompts,
+                "compare_prefix": self.compare_prefix, "timing": self.timing,
                 "notes": list(self.notes)}
 
 
