@@ -445,17 +445,22 @@ def test_failed_write_leaves_no_file(work, tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------ the runtime
 
 
-@pytest.mark.parametrize("outtype", ["f32", "f16"])
-def test_engine_draft_logits_equal_the_pytorch_module(work, tmp_path, outtype):
+@pytest.mark.parametrize("outtype,fc_type", [("f32", "f32"), ("f16", "f32"), ("q8_0", "q8_0")])
+def test_engine_draft_logits_equal_the_pytorch_module(work, tmp_path, outtype, fc_type):
     """A trained tiny drafter, converted: the engine's draft windows (target features captured by the
     engine, the eagle3 graph in llama.cpp) against reference_draft_logits on the same features.
     Tolerance: llama.cpp keeps the drafter's K/V in f16 and uses flash attention (measured through
     llama-cpp-python: ~2e-3 on these logits, 2e-6 with an f32 cache, see README); f16 weights add
     their own rounding. Measured (2-core Xeon): max |diff| 1.4e-3..2.0e-3 (f32 GGUF), 2.2e-3..2.7e-3
-    (f16) on logits of magnitude ~10. Asserted: <= 0.02 (f32), 0.05 (f16), and the same greedy tokens."""
+    (f16) on logits of magnitude ~10; 2.9e-2..3.7e-2 on the first row with q8_0 weights and fc (the
+    features are quantized to 8 bits at run time). Asserted: <= 0.02 (f32), 0.05 (f16), 0.1 (q8_0),
+    and the same greedy tokens (f32, f16)."""
     import ppow
 
-    out = convert_drafter(work["ckpt"], work["target"], str(tmp_path / "d.gguf"), outtype)
+    out = convert_drafter(work["ckpt"], work["target"], str(tmp_path / "d.gguf"), outtype, fc_type)
+    fc = next(t for t in gguf.GGUFReader(out).tensors if t.name == "fc.weight")
+    assert fc.tensor_type.name == fc_type.upper()
+    tol = {"f32": 0.02, "f16": 0.05, "q8_0": 0.1}[outtype]
     model = work["model"]
     with ppow.Generator(work["target"], out, n_ctx=256, n_threads=1) as g:
         assert g.drafter_kind == "feature"
@@ -467,6 +472,10 @@ def test_engine_draft_logits_equal_the_pytorch_module(work, tmp_path, outtype):
             ref = FM.reference_draft_logits(model, torch.from_numpy(feats).permute(1, 0, 2).reshape(T, -1),
                                             torch.tensor(toks), k=4)
             want = torch.cat([ref["logits"][-1:], ref["draft_logits"][:3]]).numpy()
-            assert drafted == ref["draft_tokens"].tolist(), text
             assert logits.shape == want.shape
-            assert np.abs(logits - want).max() <= (0.02 if outtype == "f32" else 0.05), (text, np.abs(logits - want).max())
+            if outtype == "q8_0":  # near-ties of a tiny model may draft other tokens: compare the first row,
+                # which depends on the features and the prompt only
+                logits, want = logits[:1], want[:1]
+            else:
+                assert drafted == ref["draft_tokens"].tolist(), text
+            assert np.abs(logits - want).max() <= tol, (text, np.abs(logits - want).max())

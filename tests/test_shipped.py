@@ -19,6 +19,9 @@ def test_shipped_drafters_exist_and_fit_the_budget():
     assert total <= 40 * 2**20, total
     for n in ("kd", "ppow"):  # each ships with its model card
         assert os.path.isfile(ppow.default_drafter(n)[: -len(".gguf")] + ".md")
+    every = [ppow.default_drafter(n.split("-")[-1], target=n.rsplit("-", 1)[0]) for n in names]
+    assert sum(map(os.path.getsize, every)) <= 60 * 2**20  # all targets' drafters in the package
+    assert all(os.path.isfile(p[: -len(".gguf")] + ".md") for p in every)
     with pytest.raises(ppow.PpowError, match="no shipped drafter named 'eagle'"):
         ppow.default_drafter("eagle")
 

@@ -271,10 +271,11 @@ def test_smollm2_greedy_speculative_is_lossless_without_flash_attention(smollm2_
 
 
 @pytest.mark.real
-def test_shipped_smollm2_drafter_is_lossless_and_accepts(smollm2_gguf, smollm2_prompts, smollm2_refs):
-    """The shipped SmolLM2 feature drafter loads as kind 'feature', its greedy output equals plain
+@pytest.mark.parametrize("kind", ["kd", "ppow"])
+def test_shipped_smollm2_drafter_is_lossless_and_accepts(smollm2_gguf, smollm2_prompts, smollm2_refs, kind):
+    """The shipped SmolLM2 feature drafters load as kind 'feature', their greedy output equals plain
     output, and a trained drafter gets some of its drafts accepted on a chat prompt."""
-    drafter = ppow.default_drafter("kd", target="smollm2-135m")
+    drafter = ppow.default_drafter(kind, target="smollm2-135m")
     with ppow.Generator(smollm2_gguf, drafter, n_ctx=1024, n_threads=2) as g:
         assert g.drafter_kind == "feature"
         for name in ("chat", "deep"):

@@ -1,7 +1,7 @@
 """ppow-convert: command line for the converters.
 
   ppow-convert hf MODEL_DIR -o OUT.gguf [--outtype f32|f16|q8_0]
-  ppow-convert drafter CKPT_DIR --tokenizer-from TARGET.gguf -o OUT.gguf [--outtype ...]
+  ppow-convert drafter CKPT_DIR --tokenizer-from TARGET.gguf -o OUT.gguf [--outtype ...] [--fc-type f32|q8_0]
       (a feature drafter from `ppow-train kd --drafter-kind feature` becomes a llama.cpp eagle3 GGUF;
        --target is the same flag)
 
@@ -26,6 +26,10 @@ def build_parser():
     dr.add_argument("ckpt_dir")
     dr.add_argument("--tokenizer-from", "--target", dest="tokenizer_from", required=True, metavar="TARGET.gguf",
                     help="the target GGUF (vocabulary, hidden size; standalone: its tokenizer is copied)")
+    dr.add_argument("--fc-type", default="f32", choices=("f32", "q8_0"),
+                    help="feature drafter: the type of fc.weight (default f32). q8_0 is 3.8x smaller, but the CPU "
+                         "then quantizes the target's features to 8 bits per block of 32: measure acceptance "
+                         "before shipping it for a target with outlier features (Gemma 3's reach 1e5)")
     for s in (hf, dr):
         s.add_argument("-o", "--output", required=True, metavar="OUT.gguf")
         s.add_argument("--outtype", default="f16", choices=list(OUTTYPES))
@@ -38,7 +42,7 @@ def main(argv=None):
         if args.cmd == "hf":
             out = convert_hf(args.model_dir, args.output, args.outtype)
         else:
-            out = convert_drafter(args.ckpt_dir, args.tokenizer_from, args.output, args.outtype)
+            out = convert_drafter(args.ckpt_dir, args.tokenizer_from, args.output, args.outtype, args.fc_type)
     except ConvertError as e:
         print(f"ppow-convert: error: {e}", file=sys.stderr)
         return 2

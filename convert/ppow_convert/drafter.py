@@ -60,14 +60,14 @@ def load_d2t(ckpt_dir, n_target):
     return d2t.astype(np.int32), unk
 
 
-def convert_drafter(ckpt_dir, target_gguf, out_path, outtype="f16"):
-    """Convert a drafter checkpoint, taking its tokenizer from target_gguf."""
+def convert_drafter(ckpt_dir, target_gguf, out_path, outtype="f16", fc_type="f32"):
+    """Convert a drafter checkpoint, taking its tokenizer from target_gguf (fc_type: feature drafters)."""
     if outtype not in OUTTYPES:
         raise ConvertError(f"unknown outtype {outtype!r} (choose from {', '.join(OUTTYPES)})")
     if not os.path.isdir(ckpt_dir):
         raise ConvertError(f"{ckpt_dir}: not a directory")
     if is_feature_drafter(ckpt_dir):
-        return convert_eagle3(ckpt_dir, target_gguf, out_path, outtype)
+        return convert_eagle3(ckpt_dir, target_gguf, out_path, outtype, fc_type)
     cfg = load_config(ckpt_dir)
     reader = open_gguf(target_gguf)
     n_target = token_count(reader, target_gguf)

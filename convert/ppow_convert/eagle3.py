@@ -12,8 +12,10 @@ What llama.cpp 0.3.36's loader reads (src/models/eagle3.cpp, src/llama-model.cpp
   blk.0.{attn_norm, attn_norm_2, attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate, ffn_up,
   ffn_down}. No token_embd: the drafter borrows the target's (the runtime passes the target context
   as ctx_other). A full-vocabulary drafter gets no d2t (its output rows are the target's ids).
-Types: norms, d2t and fc.weight stay f32 in every out type (Gemma's features reach 1e5 and an f16
-fc.weight gave NaN: the CPU converts the activations to f16 for it); other matrices take the out type.
+Types: norms and d2t stay f32 in every out type, and fc.weight by default (Gemma's features reach 1e5
+and an f16 fc.weight gave NaN: the CPU converts the activations to f16 for it; `fc_type="q8_0"`
+quantizes both it and, at run time, the features to 8 bits per block of 32, which a target without
+such outliers may afford); other matrices take the out type.
 q/k need no permutation: the trainer already uses llama.cpp's adjacent-pair RoPE.
 """
 import json
@@ -142,8 +144,10 @@ def eagle3_tensors(tensors, cfg, ckpt_dir):
     return out
 
 
-def convert_eagle3(ckpt_dir, target_gguf, out_path, outtype="f16"):
+def convert_eagle3(ckpt_dir, target_gguf, out_path, outtype="f16", fc_type="f32"):
     """Write the eagle3 GGUF of a feature drafter for target_gguf (its vocabulary and hidden size)."""
+    if fc_type not in ("f32", "q8_0"):
+        raise ConvertError(f"fc type must be f32 or q8_0, not {fc_type!r} (f16 overflows on large features)")
     cfg = load_config(ckpt_dir)
     n_target, n_embd, n_layer = target_params(open_gguf(target_gguf), target_gguf)
     if cfg["target_vocab_size"] != n_target:
@@ -181,7 +185,7 @@ def convert_eagle3(ckpt_dir, target_gguf, out_path, outtype="f16"):
         w.add_uint32(KEY_TARGET_N_VOCAB, n_target)
         w.add_file_type(OUTTYPES[outtype][0])
         for name, t, keep_f32 in tensors:
-            add_weight(w, name, t, "f32" if keep_f32 else outtype)
+            add_weight(w, name, t, fc_type if name == "fc.weight" else "f32" if keep_f32 else outtype)
         if d2t is not None:
             w.add_tensor("d2t", d2t, raw_dtype=gguf.GGMLQuantizationType.I64)
 
