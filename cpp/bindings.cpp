@@ -49,6 +49,9 @@ static nb::dict stats_dict(const Stats & s) {
     d["n_accepted"] = s.n_accepted;
     d["n_plain_steps"] = s.n_plain_steps;
     d["n_probe_steps"] = s.n_probe_steps;
+    d["n_lookup_steps"] = s.n_lookup_steps;
+    d["n_lookup_drafted"] = s.n_lookup_drafted;
+    d["n_lookup_accepted"] = s.n_lookup_accepted;
     d["drafted_at"] = s.drafted_at;
     d["accepted_at"] = s.accepted_at;
     d["t_draft_ms"] = s.t_draft_ms;
@@ -187,6 +190,7 @@ NB_MODULE(_core, m) {
         .def_rw("draft_p_min", &GenParams::draft_p_min)
         .def_rw("policy", &GenParams::policy)
         .def_rw("use_drafter", &GenParams::use_drafter)
+        .def_rw("lookup", &GenParams::lookup)
         .def_rw("ignore_eos", &GenParams::ignore_eos)
         .def_rw("stop", &GenParams::stop);
 

@@ -15,6 +15,7 @@ void CostModel::reset_acceptance() {
     first_total_ = 0.0;
     pos_acc_.clear();
     pos_n_.clear();
+    reset_lookup();
 }
 
 void CostModel::set_verify_cost(int n, double ms) {
@@ -153,6 +154,35 @@ bool CostModel::worth_adding(int j, double expected, double p_all, double a) con
     const double now = (1.0 + expected) / step_ms(j, expected);
     const double next = (1.0 + expected + p_all * a) / step_ms(j + 1, expected + p_all * a);
     return next > now;
+}
+
+void CostModel::observe_lookup(int pos, bool accepted) {
+    if ((int) lookup_n_.size() <= pos) {
+        lookup_n_.resize(pos + 1, 0.0);
+        lookup_acc_.resize(pos + 1, 0.0);
+    }
+    lookup_n_[pos] += 1;
+    lookup_acc_[pos] += accepted;
+}
+
+int CostModel::best_lookup_window(int n_avail, double * gain) const {
+    // Conditional acceptance per position, Beta(1,1) prior; unreached positions borrow the last.
+    auto rate = [&](int pos) {
+        if (lookup_n_.empty()) return 0.5;
+        const int p = std::min(pos, (int) lookup_n_.size() - 1);
+        return (lookup_acc_[p] + 1.0) / (lookup_n_[p] + 2.0);
+    };
+    const double plain = 1.0 / std::max(1e-6, verify_ms(1));
+    double best = plain, expected = 0.0, p_all = 1.0;
+    int best_k = 0;
+    for (int k = 1; k <= n_avail; ++k) {
+        p_all *= rate(k - 1);
+        expected += p_all;
+        const double r = (1.0 + expected) / std::max(1e-6, verify_ms(k + 1));
+        if (r > best) { best = r; best_k = k; }
+    }
+    if (gain) *gain = best / plain;
+    return best_k;
 }
 
 std::string CostModel::to_json() const {

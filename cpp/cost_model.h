@@ -56,6 +56,14 @@ public:
     // so far are accepted, does adding token j (acceptance `a`) raise expected tokens per ms?
     bool worth_adding(int j, double expected_so_far, double p_all_so_far, double a) const;
 
+    // Prompt-lookup windows (lookup.h): acceptance per window position, apart from the drafter's,
+    // learned per generation (it depends on how much this text repeats itself, not on a model).
+    void reset_lookup() { lookup_acc_.clear(), lookup_n_.clear(); }
+    void observe_lookup(int pos, bool accepted);
+    // Best lookup window of at most n_avail tokens by expected tokens/ms (no drafter cost); 0 = none
+    // beats plain decoding. *gain: its tokens/ms relative to plain.
+    int best_lookup_window(int n_avail, double * gain) const;
+
     std::string to_json() const;  // {"target_ms": {"1": ..}, "draft_ms": ..} for the trainer
 
 private:
@@ -69,6 +77,7 @@ private:
     double conf_acc_[kBuckets] = {}, conf_n_[kBuckets] = {};
     double first_n_[kBuckets] = {}, first_total_ = 0.0;
     std::vector<double> pos_acc_, pos_n_;
+    std::vector<double> lookup_acc_, lookup_n_;
 };
 
 }  // namespace ppow

@@ -2,6 +2,7 @@
 
 #include "feature_drafter.h"
 #include "gguf_check.h"
+#include "lookup.h"
 
 #include <algorithm>
 #include <cmath>
@@ -122,6 +123,27 @@ int Engine::choose_window(const GenParams & gp, int k_cap, bool & probe) {
     plain_since_probe_ = 0;
     probe = true;
     return std::min(k_cap, 2);
+}
+
+bool Engine::lookup_window(const GenParams & gp, const std::vector<llama_token> & hist, int k_cap, bool speculate) {
+    std::vector<llama_token> cand = lookup_draft(hist, k_cap);
+    int k = (int) cand.size();
+    if (k == 0) return false;
+    if (gp.policy == DraftPolicy::Auto) {
+        // Against the better of plain decoding and the drafter's own expected gain.
+        if (!costs_.has_verify_costs()) calibrate(gp.draft_max);
+        double gain = 0.0, drafter_gain = 1.0;
+        k = costs_.best_lookup_window(k, &gain);
+        if (speculate) {
+            costs_.best_window(k_cap, &drafter_gain);
+            drafter_gain = std::max({1.0, drafter_gain, costs_.gated_gain()});
+        }
+        if (k == 0 || gain <= drafter_gain) return false;
+    } else if (k < std::max(gp.draft_min, 1)) {
+        return false;
+    }
+    draft_.tokens.assign(cand.begin(), cand.begin() + k);
+    return true;
 }
 
 bool Engine::commit(llama_token t, const GenParams & gp, Result & res, std::vector<llama_token> & hist,
@@ -256,6 +278,9 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
     size_t emitted = 0;
     const bool greedy = gp.sampling.greedy();
     const bool speculate = drafter_ && gp.use_drafter && gp.draft_max > 0;
+    // Prompt lookup drafts without a distribution q, so it serves greedy decoding only.
+    const bool lookup = gp.lookup && greedy && gp.draft_max > 0;
+    if (lookup) costs_.reset_lookup();
     const int nv = target_.n_vocab();
 
     // A feature drafter reads the target's hidden states of every committed position.
@@ -276,7 +301,8 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
         target_.decode(prompt.data() + keep, (int) prompt.size() - 1 - keep, 0);
         if (feed) drafter_->add_features(keep, (int) prompt.size() - 1 - keep, cap);
         // The auto policy's one-off cost calibration belongs to set-up, not to generation speed.
-        if (speculate && gp.policy == DraftPolicy::Auto && !costs_.has_verify_costs()) calibrate(gp.draft_max);
+        if ((speculate || lookup) && gp.policy == DraftPolicy::Auto && !costs_.has_verify_costs())
+            calibrate(gp.draft_max);
         st.n_prompt = (int) prompt.size();
         st.n_prompt_reused = keep;
         st.t_prompt_ms = now_ms() - t0;
@@ -290,14 +316,15 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
             if ((int) hist.size() > target_.n_ctx()) { st.stop_reason = "context"; break; }
             const double t_step = now_ms();
 
-            // 1. Draft.
+            // 1. Draft: prompt lookup where the history repeats and that pays best, else the drafter.
             int k_cap = 0;
-            if (speculate)
+            if (speculate || lookup)
                 k_cap = std::min({gp.draft_max, target_.n_ctx() - (int) hist.size(),
                                   gp.n_predict - (int) res.tokens.size() - 1});
-            bool probe = false;
-            const int k = choose_window(gp, k_cap, probe);
             draft_.clear();
+            const bool looked_up = lookup && k_cap > 0 && lookup_window(gp, hist, k_cap, speculate);
+            bool probe = false;
+            const int k = looked_up || !speculate ? 0 : choose_window(gp, k_cap, probe);
             if (k > 0) {
                 const bool auto_rule = gp.policy == DraftPolicy::Auto && !probe;
                 double expected = 0.0, p_all = 1.0;
@@ -398,7 +425,14 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
             for (int i = 0; i < m; ++i) {
                 st.drafted_at[i] += 1;
                 st.accepted_at[i] += i < a;
-                if (i <= a) costs_.observe_token(i, draft_.confidence[i], i < a);  // later ones were never judged
+                if (i > a) continue;  // later ones were never judged
+                if (looked_up) costs_.observe_lookup(i, i < a);
+                else costs_.observe_token(i, draft_.confidence[i], i < a);
+            }
+            if (looked_up) {
+                st.n_lookup_steps += 1;
+                st.n_lookup_drafted += m;
+                st.n_lookup_accepted += a;
             }
 
             // 5. Commit accepted tokens and the bonus; drop rejected positions from the target cache.

@@ -25,6 +25,7 @@ struct GenParams {
     float draft_p_min = 0.0f; // stop the window at a token the drafter gives less than this
     DraftPolicy policy = DraftPolicy::Fixed;
     bool use_drafter = true;  // false: plain decoding even when a drafter is loaded
+    bool lookup = false;      // greedy only: also draft from the history where it repeats (lookup.h)
     bool ignore_eos = false;
     std::vector<std::string> stop;
 };
@@ -34,6 +35,7 @@ struct Stats {
     double t_prompt_ms = 0.0;     // prompt processing (and the auto policy's first calibration)
     int n_generated = 0, n_steps = 0, n_drafted = 0, n_accepted = 0;
     int n_plain_steps = 0, n_probe_steps = 0;
+    int n_lookup_steps = 0, n_lookup_drafted = 0, n_lookup_accepted = 0;  // windows from prompt lookup
     std::vector<int> drafted_at, accepted_at;  // per window position
     double t_draft_ms = 0.0;      // drafter, forward passes and its host work
     double t_draft_fwd_ms = 0.0;  // drafter forward passes only
@@ -107,6 +109,8 @@ private:
     bool commit(llama_token t, const GenParams & gp, Result & res, std::vector<llama_token> & hist,
                 std::string & pending, size_t & emitted, const TextCallback & on_text);
     int choose_window(const GenParams & gp, int k_cap, bool & probe);
+    // Prompt lookup's window into draft_.tokens when it is the step's best draft; false otherwise.
+    bool lookup_window(const GenParams & gp, const std::vector<llama_token> & hist, int k_cap, bool speculate);
 
     LlamaModel target_;
     std::unique_ptr<Drafter> drafter_;

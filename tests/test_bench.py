@@ -173,6 +173,21 @@ def test_prompt_lookup_peer_and_reference_drafter(tmp_path, prompt_file, tiny_ta
     assert len(acc["drafted"]) == 3 and acc["drafted"][0] > 0
 
 
+def test_ppow_lookup_systems(tmp_path, tiny_target_gguf, tiny_drafter_gguf):
+    """--lookup adds ppow's prompt lookup under auto, alone and beside each drafter, checked like every
+    ppow system (whether auto drafts hangs on the tiny model's timings: not asserted)."""
+    rows = [{"question_id": 1, "category": "writing",
+             "turns": ["The quick brown fox jumps over the lazy dog. The quick brown fox"]}]
+    prompts = tmp_path / "rep.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "out"
+    rc, rep = run_cli(["--prompts", prompts, "--target", tiny_target_gguf, "--drafter", f"tiny={tiny_drafter_gguf}",
+                       "-n", 16, "--k", "", "--lookup", "--peers", "none", "--template", "raw", "-o", out])
+    assert rc == 0 and rep["mismatches"] == [] and rep["n_checked"] == 3
+    names = [s["name"] for s in rep["systems"]]
+    assert names == ["ppow plain", "ppow lookup auto", "ppow tiny auto", "ppow tiny auto+lookup"]
+
+
 def test_first_mismatch_and_check_outputs():
     assert first_mismatch([1, 2, 3], [1, 2, 3]) is None
     assert first_mismatch([1, 2, 3], [1, 5, 3]) == 1

@@ -15,9 +15,9 @@ from typing import Iterator, Sequence
 from ppow.errors import PpowError
 
 _GEN_KEYS = ("n_predict", "temp", "top_k", "top_p", "seed", "draft_max", "draft_min", "draft_p_min",
-             "draft_policy", "use_drafter", "ignore_eos", "stop")
+             "draft_policy", "use_drafter", "lookup", "ignore_eos", "stop")
 _GEN_DEFAULTS = dict(n_predict=128, temp=0.0, top_k=0, top_p=1.0, seed=0, draft_max=8, draft_min=0,
-                     draft_p_min=0.0, draft_policy="fixed", use_drafter=True, ignore_eos=False, stop=())
+                     draft_p_min=0.0, draft_policy="fixed", use_drafter=True, lookup=False, ignore_eos=False, stop=())
 
 
 @dataclass
@@ -32,6 +32,9 @@ class Stats:
     n_accepted: int
     n_plain_steps: int
     n_probe_steps: int
+    n_lookup_steps: int      # verify steps whose window came from prompt lookup (lookup=True)
+    n_lookup_drafted: int
+    n_lookup_accepted: int
     drafted_at: list
     accepted_at: list
     t_draft_ms: float
@@ -113,6 +116,7 @@ def _check_gen_params(p: dict) -> None:
     need(0 <= p["seed"] < 2**64, f"seed must be in [0, 2**64), got {p['seed']}")
     need(p["draft_policy"] in ("fixed", "auto"), f"draft_policy must be 'fixed' or 'auto', got {p['draft_policy']!r}")
     need(not isinstance(p["stop"], str), "stop must be a list of strings, not a string")
+    need(isinstance(p["lookup"], bool), f"lookup must be True or False, got {p['lookup']!r}")
 
 
 class Generator:
@@ -133,6 +137,11 @@ class Generator:
     batches take the same attention kernel and greedy speculative output stays token-identical
     to plain at any depth. Costs plain steps there 10-19 % on a 2-core CPU (measured); False
     gives llama.cpp's own one-token path (what llama.cpp itself outputs, not batch-invariant).
+
+    lookup (a generation parameter, default False): in greedy decoding, also draft from the text
+    itself (prompt lookup: the tokens that followed the latest earlier occurrence of the last two
+    tokens, or of the last one) — with draft_policy="auto" only where its learned acceptance beats
+    both plain decoding and the drafter, and with no drafter loaded at all. Output stays exact.
 
     flash_attn: the target's attention, "auto" (llama.cpp's choice: flash attention on a CPU),
     "on" or "off". Without it one-token decodes differ from batch rows at every depth, so with

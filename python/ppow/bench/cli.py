@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--auto", action=argparse.BooleanOptionalAction, default=True,
                     help="also run the auto window policy (default on)")
     ap.add_argument("--auto-max", type=int, default=8, help="draft_max for the auto policy (default 8)")
+    ap.add_argument("--lookup", action="store_true",
+                    help="also run ppow's prompt lookup under the auto policy: on the target alone ('ppow lookup "
+                         "auto') and beside each drafter ('ppow NAME auto+lookup'); greedy only")
     ap.add_argument("--repeats", type=int, default=1, help="passes over the prompts (default 1)")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for every engine (default 0: all)")
     ap.add_argument("--ctx", type=int, default=0, help="context size (default: longest prompt + n + window + margin)")
@@ -108,6 +111,8 @@ def check_args(ap, args):
             ap.error(f"--{flag.replace('_', '-')} must be >= 1")
     if args.temp < 0:
         ap.error("--temp must be >= 0")
+    if args.lookup and args.temp != 0:
+        ap.error("--lookup drafts for greedy decoding only (--temp 0)")
     names = [n for n, _ in args.drafter + args.reference]
     if len(set(names)) != len(names):
         ap.error("two drafters share a name; use NAME=PATH")
@@ -160,7 +165,23 @@ def ppow_systems(args, target, n_ctx, closers):
                                   baseline="ppow plain", drafter=name, policy="auto",
                                   notes=[f"its own Generator (draft_max {args.auto_max}), calibrated in the untimed "
                                          f"warm-up; its cost model learns across prompts"]))
+        if args.lookup and not reference:
+            systems.append(lookup_system(f"ppow {name} auto+lookup", Generator(target, path, **gkw), name, args,
+                                         common, closers))
+    if args.lookup:
+        systems.insert(1, lookup_system("ppow lookup auto", Generator(target, **gkw), "lookup", args, common, closers))
     return systems
+
+
+def lookup_system(name, gen, drafter, args, common, closers):
+    """ppow's prompt lookup (Generator.generate(lookup=True)) under the auto policy, its own Generator."""
+    from ppow.bench.runners import PpowRunner, System
+
+    closers.append(gen.close)
+    return System(name, "ppow", PpowRunner(gen, draft_max=args.auto_max, draft_policy="auto", lookup=True, **common),
+                  baseline="ppow plain", drafter=drafter, policy="auto",
+                  notes=["prompt lookup (the tokens after the latest earlier occurrence of the last two tokens, or "
+                         "the last one) wherever its learned acceptance beats plain decoding and the drafter"])
 
 
 def llamacpp_systems(args, target, n_ctx, skipped, closers):
@@ -422,7 +443,8 @@ def main(argv=None) -> int:
                      "drafters_hf": dict(args.drafter_hf), "n_prompts": len(prompts),
                      "categories": sorted({p.category for p in prompts}), "template": args.template,
                      "n_predict": args.n_predict, "temp": args.temp, "greedy": greedy, "seed": args.seed,
-                     "k": args.k, "auto": args.auto, "auto_max": args.auto_max, "repeats": args.repeats,
+                     "k": args.k, "auto": args.auto, "auto_max": args.auto_max, "lookup": args.lookup,
+                     "repeats": args.repeats,
                      "threads": args.threads, "n_ctx": n_ctx, "peers": args.peers, "peer_repack": args.peer_repack,
                      "llama_cpp_bin": args.llama_cpp_bin,
                      "hf_limit": args.hf_limit, "date": datetime.datetime.now().isoformat(timespec="seconds"),

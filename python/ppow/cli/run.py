@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--draft-min", type=int, default=0)
     ap.add_argument("--draft-p-min", type=float, default=0.0)
     ap.add_argument("--draft-policy", choices=("fixed", "auto"), default="auto")
+    ap.add_argument("--lookup", action="store_true",
+                    help="greedy: also draft from the text itself where it repeats (prompt lookup; with auto, "
+                         "only where it is expected to pay); works without a drafter too")
     ap.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     ap.add_argument("--ignore-eos", action="store_true")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
@@ -105,7 +108,7 @@ def main(argv=None) -> int:
                         batch_invariant=not args.no_batch_invariant, flash_attn=args.flash_attn)
         params = dict(n_predict=args.n_predict, temp=args.temp, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                       draft_max=args.draft_max, draft_min=args.draft_min, draft_p_min=args.draft_p_min,
-                      draft_policy=args.draft_policy, stop=args.stop, ignore_eos=args.ignore_eos)
+                      draft_policy=args.draft_policy, lookup=args.lookup, stop=args.stop, ignore_eos=args.ignore_eos)
         gen._params(params)  # reject bad values before starting the worker
         if args.chat:  # the turn markers are control tokens: tokenize them as such
             from ppow.templates import apply_template

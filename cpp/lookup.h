@@ -1,0 +1,17 @@
+// lookup.h - prompt lookup: a free draft taken from the history itself. Where the history's last n
+// tokens (n = max_ngram down to 1) occurred before, the tokens that followed their latest earlier
+// occurrence are the draft (as llama-cpp-python's LlamaPromptLookupDecoding and llama.cpp's ngram
+// drafts). It costs no forward pass, so it pays wherever the text repeats its input: code edits,
+// extraction, summaries quoting the source.
+#pragma once
+
+#include "llama.h"
+
+#include <vector>
+
+namespace ppow {
+
+// Up to n_max tokens (empty: no earlier occurrence of even the last token).
+std::vector<llama_token> lookup_draft(const std::vector<llama_token> & hist, int n_max, int max_ngram = 2);
+
+}  // namespace ppow

@@ -1,0 +1,67 @@
+"""Prompt lookup (Generator(lookup=True)): drafts taken from the text itself, with no drafter or beside
+either drafter kind, under both window policies. Greedy output stays token-identical to plain greedy
+output (also past the depth where single decodes are padded, with 2 threads); sampling ignores it."""
+import pytest
+
+import ppow
+from eagle3_random import write_random_eagle3
+
+# Prompts that repeat themselves, so lookup finds earlier occurrences of the latest tokens.
+PROMPTS = ["a b c d a b c d a b c d a b", "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a",
+           "The cat sat on the mat. The cat sat on the", "1 2 3 4 5 1 2 3 4 5 1 2 3"]
+DEEP = "one two three four five six seven eight nine ten " * 30  # ~300 tokens: past the padding depth
+
+
+@pytest.fixture(scope="module")
+def drafters(tiny_target_gguf, tiny_drafter_gguf, tmp_path_factory):
+    feature = write_random_eagle3(tmp_path_factory.mktemp("e3") / "r.gguf", tiny_target_gguf, layers=[0, 1, 1], seed=5)
+    return {"none": None, "model": tiny_drafter_gguf, "feature": str(feature)}
+
+
+@pytest.mark.parametrize("kind", ["none", "model", "feature"])
+@pytest.mark.parametrize("policy", ["fixed", "auto"])
+def test_greedy_with_lookup_equals_plain(tiny_target_gguf, drafters, kind, policy):
+    lookup_steps = lookup_accepted = 0
+    with ppow.Generator(tiny_target_gguf, n_ctx=1024, n_threads=2) as plain, \
+            ppow.Generator(tiny_target_gguf, drafters[kind], n_ctx=1024, n_threads=2) as g:
+        for prompt in PROMPTS + [DEEP]:
+            ref = plain.generate(prompt, n_predict=48, ignore_eos=True)
+            for k in (1, 3):
+                out = g.generate(prompt, n_predict=48, ignore_eos=True, draft_max=k, draft_policy=policy, lookup=True)
+                assert out.tokens == ref.tokens, (kind, policy, k, prompt[:20])
+                s = out.stats
+                assert s.n_lookup_drafted <= s.n_drafted and s.n_lookup_accepted <= s.n_accepted
+                assert s.n_lookup_accepted <= s.n_lookup_drafted <= k * s.n_lookup_steps
+                lookup_steps += s.n_lookup_steps
+                lookup_accepted += s.n_lookup_accepted
+    # On text that repeats, lookup drafts and the target accepts some of them (auto's choices hang on
+    # this machine's timings of a tiny model: only exactness is asserted for it).
+    if policy == "fixed":
+        assert lookup_steps > 0 and lookup_accepted > 0
+
+
+def test_lookup_off_by_default_and_unused_when_sampling(tiny_target_gguf):
+    prompt = "The quick brown fox jumps over the lazy dog. The quick brown fox"  # the tiny model's own text
+    with ppow.Generator(tiny_target_gguf, n_ctx=256, n_threads=1) as g:
+        off = g.generate(prompt, n_predict=24, ignore_eos=True)
+        assert off.stats.n_lookup_steps == 0 and off.stats.n_steps == 24  # plain: one token per step
+        on = g.generate(prompt, n_predict=24, ignore_eos=True, lookup=True)
+        assert on.tokens == off.tokens and on.stats.n_lookup_steps > 0 and on.stats.n_steps < 24
+        # lookup drafts carry no distribution q: sampling decodes without them, draw for draw
+        a = g.generate(prompt, n_predict=24, ignore_eos=True, temp=0.8, seed=7)
+        b = g.generate(prompt, n_predict=24, ignore_eos=True, temp=0.8, seed=7, lookup=True)
+        assert a.tokens == b.tokens and b.stats.n_lookup_steps == 0
+        with pytest.raises(ValueError, match="lookup must be True or False"):
+            g.generate("x", lookup="yes")
+
+
+@pytest.mark.real
+def test_gemma_greedy_with_lookup_is_lossless(gemma_gguf):
+    prompt = ("Question: Copy this list and add one more fruit: apple, banana, cherry, date, elderberry, fig, "
+              "grape.\nAnswer:")
+    with ppow.Generator(gemma_gguf, ppow.default_drafter("kd"), n_ctx=512, n_threads=2) as g:
+        ref = g.generate(prompt, n_predict=40, ignore_eos=True, use_drafter=False)
+        for policy in ("fixed", "auto"):
+            out = g.generate(prompt, n_predict=40, ignore_eos=True, draft_max=2, draft_policy=policy, lookup=True)
+            assert out.tokens == ref.tokens, policy
+        assert out.stats.n_lookup_steps > 0
