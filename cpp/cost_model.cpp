@@ -166,11 +166,14 @@ void CostModel::observe_lookup(int pos, bool accepted) {
 }
 
 int CostModel::best_lookup_window(int n_avail, double * gain) const {
-    // Conditional acceptance per position, Beta(1,1) prior; unreached positions borrow the last.
+    // Conditional acceptance per position, unreached positions borrowing the last. The prior is
+    // optimistic (two pseudo-acceptances): a match is tried until evidence says it does not pay,
+    // where a neutral prior would never try it on a target whose 2-row verify costs 1.5x a plain
+    // step (Gemma 3 270M on 2 CPU cores at shallow depth).
     auto rate = [&](int pos) {
-        if (lookup_n_.empty()) return 0.5;
+        if (lookup_n_.empty()) return 1.0;
         const int p = std::min(pos, (int) lookup_n_.size() - 1);
-        return (lookup_acc_[p] + 1.0) / (lookup_n_[p] + 2.0);
+        return (lookup_acc_[p] + 2.0) / (lookup_n_[p] + 2.0);
     };
     const double plain = 1.0 / std::max(1e-6, verify_ms(1));
     double best = plain, expected = 0.0, p_all = 1.0;

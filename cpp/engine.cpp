@@ -143,6 +143,15 @@ bool Engine::lookup_window(const GenParams & gp, const std::vector<llama_token> 
         return false;
     }
     draft_.tokens.assign(cand.begin(), cand.begin() + k);
+    if (!gp.sampling.greedy()) {
+        // A lookup draft is certain: q is one-hot, so speculative sampling accepts it with
+        // probability p(x) and otherwise draws from p without x, which keeps the target's distribution.
+        if ((int) draft_.dists.size() < k) draft_.dists.resize(k);
+        for (int i = 0; i < k; ++i) {
+            draft_.dists[i].ids.assign(1, draft_.tokens[i]);
+            draft_.dists[i].probs.assign(1, 1.0f);
+        }
+    }
     return true;
 }
 
@@ -278,8 +287,7 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
     size_t emitted = 0;
     const bool greedy = gp.sampling.greedy();
     const bool speculate = drafter_ && gp.use_drafter && gp.draft_max > 0;
-    // Prompt lookup drafts without a distribution q, so it serves greedy decoding only.
-    const bool lookup = gp.lookup && greedy && gp.draft_max > 0;
+    const bool lookup = gp.lookup && gp.draft_max > 0;
     if (lookup) costs_.reset_lookup();
     const int nv = target_.n_vocab();
 

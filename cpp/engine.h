@@ -25,7 +25,7 @@ struct GenParams {
     float draft_p_min = 0.0f; // stop the window at a token the drafter gives less than this
     DraftPolicy policy = DraftPolicy::Fixed;
     bool use_drafter = true;  // false: plain decoding even when a drafter is loaded
-    bool lookup = false;      // greedy only: also draft from the history where it repeats (lookup.h)
+    bool lookup = false;      // also draft from the history where it repeats (lookup.h)
     bool ignore_eos = false;
     std::vector<std::string> stop;
 };

@@ -131,5 +131,12 @@ def test_cli_json(tiny_target_gguf, tiny_drafter_gguf):
         assert key in out
     assert len(out["tokens"]) == 12 and out["n_drafted"] > 0
     r = subprocess.run([sys.executable, "-m", "ppow.cli.run", "-m", tiny_target_gguf, "-p", "Once upon a time",
-                        "-n", "6", "--ignore-eos"], capture_output=True, text=True)
+                        "-n", "6", "--ignore-eos", "--no-lookup"], capture_output=True, text=True)
     assert r.returncode == 0 and "tau 1.00" in r.stderr and len(r.stdout) > 0
+    # Prompt lookup is on by default: text that repeats gets drafts from itself, with no drafter.
+    rep = "The quick brown fox jumps over the lazy dog. The quick brown fox"
+    for flag, used in (([], True), (["--no-lookup"], False)):
+        r = subprocess.run([sys.executable, "-m", "ppow.cli.run", "-m", tiny_target_gguf, "-p", rep, "-n", "12",
+                            "--ignore-eos", "--json", "--draft-policy", "fixed", *flag], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert (json.loads(r.stdout)["stats"]["n_lookup_steps"] > 0) == used

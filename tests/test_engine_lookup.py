@@ -1,10 +1,12 @@
 """Prompt lookup (Generator(lookup=True)): drafts taken from the text itself, with no drafter or beside
 either drafter kind, under both window policies. Greedy output stays token-identical to plain greedy
-output (also past the depth where single decodes are padded, with 2 threads); sampling ignores it."""
+output (also past the depth where single decodes are padded, with 2 threads); sampled output keeps the
+target's distribution."""
 import pytest
 
 import ppow
 from eagle3_random import write_random_eagle3
+from test_engine_sampling import ALPHA, N, draws, same_distribution_p
 
 # Prompts that repeat themselves, so lookup finds earlier occurrences of the latest tokens.
 PROMPTS = ["a b c d a b c d a b c d a b", "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a",
@@ -40,19 +42,36 @@ def test_greedy_with_lookup_equals_plain(tiny_target_gguf, drafters, kind, polic
         assert lookup_steps > 0 and lookup_accepted > 0
 
 
-def test_lookup_off_by_default_and_unused_when_sampling(tiny_target_gguf):
+def test_lookup_off_by_default(tiny_target_gguf):
     prompt = "The quick brown fox jumps over the lazy dog. The quick brown fox"  # the tiny model's own text
     with ppow.Generator(tiny_target_gguf, n_ctx=256, n_threads=1) as g:
         off = g.generate(prompt, n_predict=24, ignore_eos=True)
         assert off.stats.n_lookup_steps == 0 and off.stats.n_steps == 24  # plain: one token per step
         on = g.generate(prompt, n_predict=24, ignore_eos=True, lookup=True)
         assert on.tokens == off.tokens and on.stats.n_lookup_steps > 0 and on.stats.n_steps < 24
-        # lookup drafts carry no distribution q: sampling decodes without them, draw for draw
-        a = g.generate(prompt, n_predict=24, ignore_eos=True, temp=0.8, seed=7)
-        b = g.generate(prompt, n_predict=24, ignore_eos=True, temp=0.8, seed=7, lookup=True)
-        assert a.tokens == b.tokens and b.stats.n_lookup_steps == 0
         with pytest.raises(ValueError, match="lookup must be True or False"):
             g.generate("x", lookup="yes")
+
+
+@pytest.mark.parametrize("kind", ["none", "feature"])
+def test_sampling_with_lookup_has_the_target_distribution(tiny_target_gguf, drafters, kind):
+    """Lookup drafts are one-hot q's: accepted with probability p(x), else a draw from p without x.
+    Two-sample chi-square on the first two sampled tokens against plain sampling, as for the drafters
+    (test_engine_sampling.py); the prompt repeats, so lookup drafts at the first step."""
+    prompt = "The quick brown fox jumps over the lazy dog. The quick brown fox"
+    with ppow.Generator(tiny_target_gguf, n_ctx=64, n_threads=1) as plain, \
+            ppow.Generator(tiny_target_gguf, drafters[kind], n_ctx=64, n_threads=1) as g:
+        ref = draws(plain, prompt, N, temp=1.0)
+        got, lookup_drafted, accepted = [], 0, 0
+        for s in range(N):
+            out = g.generate(prompt, n_predict=2, ignore_eos=True, seed=10_000 + s, temp=1.0, draft_max=3,
+                             lookup=True)
+            got.append(tuple(out.tokens[:2]))
+            lookup_drafted += out.stats.n_lookup_drafted
+            accepted += out.stats.n_lookup_accepted
+    assert lookup_drafted > 0 and 0 < accepted < lookup_drafted  # both branches of the rule ran
+    assert same_distribution_p([t[0] for t in ref], [t[0] for t in got]) > ALPHA
+    assert same_distribution_p(ref, got) > ALPHA
 
 
 @pytest.mark.real

@@ -138,10 +138,11 @@ class Generator:
     to plain at any depth. Costs plain steps there 10-19 % on a 2-core CPU (measured); False
     gives llama.cpp's own one-token path (what llama.cpp itself outputs, not batch-invariant).
 
-    lookup (a generation parameter, default False): in greedy decoding, also draft from the text
-    itself (prompt lookup: the tokens that followed the latest earlier occurrence of the last two
-    tokens, or of the last one) — with draft_policy="auto" only where its learned acceptance beats
-    both plain decoding and the drafter, and with no drafter loaded at all. Output stays exact.
+    lookup (a generation parameter, default False): also draft from the text itself (prompt lookup:
+    the tokens that followed the latest earlier occurrence of the last two tokens, or of the last
+    one) — with draft_policy="auto" only where its learned acceptance beats both plain decoding and
+    the drafter; works with no drafter loaded. Greedy output stays exact; sampled output keeps the
+    target's distribution (a lookup draft is a one-hot q).
 
     flash_attn: the target's attention, "auto" (llama.cpp's choice: flash attention on a CPU),
     "on" or "off". Without it one-token decodes differ from batch rows at every depth, so with

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--auto-max", type=int, default=8, help="draft_max for the auto policy (default 8)")
     ap.add_argument("--lookup", action="store_true",
                     help="also run ppow's prompt lookup under the auto policy: on the target alone ('ppow lookup "
-                         "auto') and beside each drafter ('ppow NAME auto+lookup'); greedy only")
+                         "auto') and beside each drafter ('ppow NAME auto+lookup')")
     ap.add_argument("--repeats", type=int, default=1, help="passes over the prompts (default 1)")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for every engine (default 0: all)")
     ap.add_argument("--ctx", type=int, default=0, help="context size (default: longest prompt + n + window + margin)")
@@ -111,8 +111,6 @@ def check_args(ap, args):
             ap.error(f"--{flag.replace('_', '-')} must be >= 1")
     if args.temp < 0:
         ap.error("--temp must be >= 0")
-    if args.lookup and args.temp != 0:
-        ap.error("--lookup drafts for greedy decoding only (--temp 0)")
     names = [n for n, _ in args.drafter + args.reference]
     if len(set(names)) != len(names):
         ap.error("two drafters share a name; use NAME=PATH")

@@ -46,9 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--draft-min", type=int, default=0)
     ap.add_argument("--draft-p-min", type=float, default=0.0)
     ap.add_argument("--draft-policy", choices=("fixed", "auto"), default="auto")
-    ap.add_argument("--lookup", action="store_true",
-                    help="greedy: also draft from the text itself where it repeats (prompt lookup; with auto, "
-                         "only where it is expected to pay); works without a drafter too")
+    ap.add_argument("--lookup", action=argparse.BooleanOptionalAction, default=True,
+                    help="also draft from the text itself where it repeats (prompt lookup; with auto, only where "
+                         "it is expected to pay); works without a drafter too (default on)")
     ap.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     ap.add_argument("--ignore-eos", action="store_true")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
@@ -160,7 +160,8 @@ def main(argv=None) -> int:
         sys.stdout.write("\n")
         print(f"ppow-run: {s.n_generated} tokens, {s.tokens_per_second:.1f} tok/s, tau {s.tau:.2f}, "
               f"drafted {s.n_drafted} accepted {s.n_accepted} ({s.acceptance_rate:.0%}), steps {s.n_steps} "
-              f"(plain {s.n_plain_steps}), prompt {s.prompt_tokens} tok, stop: {s.stop_reason}", file=sys.stderr)
+              f"(plain {s.n_plain_steps}, lookup {s.n_lookup_steps}), prompt {s.prompt_tokens} tok, "
+              f"stop: {s.stop_reason}", file=sys.stderr)
     gen.close()
     return 130 if interrupted else 0
 
