@@ -15,7 +15,7 @@ void CostModel::reset_acceptance() {
     first_total_ = 0.0;
     pos_acc_.clear();
     pos_n_.clear();
-    reset_lookup();
+    decay_lookup(0.0);
 }
 
 void CostModel::set_verify_cost(int n, double ms) {
@@ -156,24 +156,36 @@ bool CostModel::worth_adding(int j, double expected, double p_all, double a) con
     return next > now;
 }
 
-void CostModel::observe_lookup(int pos, bool accepted) {
-    if ((int) lookup_n_.size() <= pos) {
-        lookup_n_.resize(pos + 1, 0.0);
-        lookup_acc_.resize(pos + 1, 0.0);
-    }
-    lookup_n_[pos] += 1;
-    lookup_acc_[pos] += accepted;
+void CostModel::decay_lookup(double keep) {
+    for (int g = 0; g < kLookupMaxNgram; ++g)
+        for (size_t i = 0; i < lookup_n_[g].size(); ++i) {
+            lookup_n_[g][i] *= keep;
+            lookup_acc_[g][i] *= keep;
+        }
 }
 
-int CostModel::best_lookup_window(int n_avail, double * gain) const {
+void CostModel::observe_lookup(int ngram, int pos, bool accepted) {
+    auto & n = lookup_n_[ngram - 1];
+    auto & acc = lookup_acc_[ngram - 1];
+    if ((int) n.size() <= pos) {
+        n.resize(pos + 1, 0.0);
+        acc.resize(pos + 1, 0.0);
+    }
+    n[pos] += 1;
+    acc[pos] += accepted;
+}
+
+int CostModel::best_lookup_window(int ngram, int n_avail, double * gain) const {
     // Conditional acceptance per position, unreached positions borrowing the last. The prior is
-    // optimistic (two pseudo-acceptances): a match is tried until evidence says it does not pay,
-    // where a neutral prior would never try it on a target whose 2-row verify costs 1.5x a plain
-    // step (Gemma 3 270M on 2 CPU cores at shallow depth).
+    // optimistic (two pseudo-acceptances): a kind of match is tried until evidence says it does not
+    // pay, where a neutral prior would never try it on a target whose 2-row verify costs 1.5x a
+    // plain step (Gemma 3 270M on 2 CPU cores at shallow depth).
+    const auto & n = lookup_n_[ngram - 1];
+    const auto & acc = lookup_acc_[ngram - 1];
     auto rate = [&](int pos) {
-        if (lookup_n_.empty()) return 1.0;
-        const int p = std::min(pos, (int) lookup_n_.size() - 1);
-        return (lookup_acc_[p] + 2.0) / (lookup_n_[p] + 2.0);
+        if (n.empty()) return 1.0;
+        const int p = std::min(pos, (int) n.size() - 1);
+        return (acc[p] + 2.0) / (n[p] + 2.0);
     };
     const double plain = 1.0 / std::max(1e-6, verify_ms(1));
     double best = plain, expected = 0.0, p_all = 1.0;

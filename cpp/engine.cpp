@@ -126,14 +126,16 @@ int Engine::choose_window(const GenParams & gp, int k_cap, bool & probe) {
 }
 
 bool Engine::lookup_window(const GenParams & gp, const std::vector<llama_token> & hist, int k_cap, bool speculate) {
-    std::vector<llama_token> cand = lookup_draft(hist, k_cap);
+    const LookupDraft found = lookup_draft(hist, k_cap);
+    const std::vector<llama_token> & cand = found.tokens;
     int k = (int) cand.size();
     if (k == 0) return false;
+    lookup_ngram_ = found.ngram;
     if (gp.policy == DraftPolicy::Auto) {
         // Against the better of plain decoding and the drafter's own expected gain.
         if (!costs_.has_verify_costs()) calibrate(gp.draft_max);
         double gain = 0.0, drafter_gain = 1.0;
-        k = costs_.best_lookup_window(k, &gain);
+        k = costs_.best_lookup_window(found.ngram, k, &gain);
         if (speculate) {
             costs_.best_window(k_cap, &drafter_gain);
             drafter_gain = std::max({1.0, drafter_gain, costs_.gated_gain()});
@@ -288,7 +290,7 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
     const bool greedy = gp.sampling.greedy();
     const bool speculate = drafter_ && gp.use_drafter && gp.draft_max > 0;
     const bool lookup = gp.lookup && gp.draft_max > 0;
-    if (lookup) costs_.reset_lookup();
+    if (lookup) costs_.decay_lookup(0.5);
     const int nv = target_.n_vocab();
 
     // A feature drafter reads the target's hidden states of every committed position.
@@ -434,7 +436,7 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
                 st.drafted_at[i] += 1;
                 st.accepted_at[i] += i < a;
                 if (i > a) continue;  // later ones were never judged
-                if (looked_up) costs_.observe_lookup(i, i < a);
+                if (looked_up) costs_.observe_lookup(lookup_ngram_, i, i < a);
                 else costs_.observe_token(i, draft_.confidence[i], i < a);
             }
             if (looked_up) {

@@ -122,6 +122,7 @@ private:
     std::vector<int32_t> scratch_;
     DraftResult draft_;
     int plain_since_probe_ = 0, probe_interval_ = 8;
+    int lookup_ngram_ = 0;  // matched n-gram length of this step's lookup window
     // A probe window's feature drafter takes in only this many recent positions: its cost stays
     // bounded however long the plain run before it was (the useless-drafter case).
     static constexpr int kProbeCatchup = 32;

@@ -11,7 +11,13 @@
 
 namespace ppow {
 
-// Up to n_max tokens (empty: no earlier occurrence of even the last token).
-std::vector<llama_token> lookup_draft(const std::vector<llama_token> & hist, int n_max, int max_ngram = 2);
+constexpr int kLookupMaxNgram = 2;
+
+struct LookupDraft {
+    std::vector<llama_token> tokens;  // up to n_max; empty: no earlier occurrence of even the last token
+    int ngram = 0;                    // length of the matched tail (its acceptance differs by length)
+};
+
+LookupDraft lookup_draft(const std::vector<llama_token> & hist, int n_max, int max_ngram = kLookupMaxNgram);
 
 }  // namespace ppow
