@@ -104,18 +104,26 @@ double CostModel::accept_rate_pos(int pos) const {
     return (pos_acc_[p] + 1.0) / (pos_n_[p] + 2.0);
 }
 
-int CostModel::best_window(int k_cap, double * gain) const {
-    const double plain = 1.0 / std::max(1e-6, verify_ms(1));
+// The window length (0: plain) with the best expected tokens/ms, from the conditional acceptance
+// rate(pos) and the cost cost(k, expected accepted) of a window of k; *gain relative to plain.
+template <typename Rate, typename Cost>
+static int best_by_rate(int k_cap, double plain_ms, Rate rate, Cost cost, double * gain) {
+    const double plain = 1.0 / std::max(1e-6, plain_ms);
     double best = plain, expected = 0.0, p_all = 1.0;
     int best_k = 0;
     for (int k = 1; k <= k_cap; ++k) {
-        p_all *= accept_rate_pos(k - 1);
+        p_all *= rate(k - 1);
         expected += p_all;
-        const double rate = (1.0 + expected) / step_ms(k, expected);
-        if (rate > best) { best = rate; best_k = k; }
+        const double r = (1.0 + expected) / std::max(1e-6, cost(k, expected));
+        if (r > best) { best = r; best_k = k; }
     }
     if (gain) *gain = best / plain;
     return best_k;
+}
+
+int CostModel::best_window(int k_cap, double * gain) const {
+    return best_by_rate(k_cap, verify_ms(1), [&](int pos) { return accept_rate_pos(pos); },
+                        [&](int k, double expected) { return step_ms(k, expected); }, gain);
 }
 
 void CostModel::observe_first_confidence(float c) {
@@ -187,17 +195,7 @@ int CostModel::best_lookup_window(int ngram, int n_avail, double * gain) const {
         const int p = std::min(pos, (int) n.size() - 1);
         return (acc[p] + 2.0) / (n[p] + 2.0);
     };
-    const double plain = 1.0 / std::max(1e-6, verify_ms(1));
-    double best = plain, expected = 0.0, p_all = 1.0;
-    int best_k = 0;
-    for (int k = 1; k <= n_avail; ++k) {
-        p_all *= rate(k - 1);
-        expected += p_all;
-        const double r = (1.0 + expected) / std::max(1e-6, verify_ms(k + 1));
-        if (r > best) { best = r; best_k = k; }
-    }
-    if (gain) *gain = best / plain;
-    return best_k;
+    return best_by_rate(n_avail, verify_ms(1), rate, [&](int k, double) { return verify_ms(k + 1); }, gain);
 }
 
 std::string CostModel::to_json() const {
