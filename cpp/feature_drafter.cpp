@@ -119,6 +119,7 @@ void FeatureDrafter::encode(int pos0, int n, int row0) {
         cap.clear();
         cap.begin_ubatch(m, m);
         const int rc = llama_encode(model_.ctx(), enc_);
+        if (rc == 2) throw Error("cancelled");  // aborted by cancel(): nothing was taken in yet
         if (rc != 0) throw Error("feature drafter: encoding target features failed (code " + std::to_string(rc) + ")");
         llama_synchronize(model_.ctx());
         cap.end_ubatch();

@@ -79,6 +79,10 @@ CHILD = textwrap.dedent(f'''
                        temp=0.8, top_k=40, top_p=0.9, seed=7)
         assert len(s.tokens) == 16 and s.stats.n_drafted > 0
         g.generate("Once upon a time", n_predict=8, ignore_eos=True, draft_max=4, draft_policy="auto", draft_p_min=0.1)
+        # Prompt lookup beside the drafter: fixed and auto, greedy and sampled.
+        rep = "The quick brown fox jumps over the lazy dog. The quick brown fox"
+        assert g.generate(rep, n_predict=12, ignore_eos=True, draft_max=3, lookup=True).stats.n_lookup_steps > 0
+        g.generate(rep, n_predict=12, ignore_eos=True, draft_max=3, lookup=True, draft_policy="auto", temp=0.8, seed=3)
         g.cost_profile(4)
         assert "".join(g.stream("hello", n_predict=6, ignore_eos=True)) != ""
         ids = g.tokenize("The quick brown fox jumps over the lazy dog. " * 8)[:60]
@@ -108,6 +112,8 @@ CHILD = textwrap.dedent(f'''
                        temp=0.8, top_k=40, top_p=0.9, seed=7)
         assert len(s.tokens) == 16 and s.stats.n_drafted > 0
         g.generate("Once upon a time", n_predict=12, ignore_eos=True, draft_max=4, draft_policy="auto")
+        assert g.generate(rep, n_predict=12, ignore_eos=True, draft_max=3, lookup=True).stats.n_lookup_steps > 0
+        g.generate(rep, n_predict=12, ignore_eos=True, draft_max=3, lookup=True, draft_policy="auto", temp=0.8, seed=3)
         g.cost_profile(4)
         assert "".join(g.stream("hello", n_predict=6, ignore_eos=True)) != ""
         c = g.generate(ids, n_predict=16, ignore_eos=True, draft_max=8)
