@@ -125,12 +125,11 @@ int Engine::choose_window(const GenParams & gp, int k_cap, bool & probe) {
     return std::min(k_cap, 2);
 }
 
-bool Engine::lookup_window(const GenParams & gp, const std::vector<llama_token> & hist, int k_cap, bool speculate) {
+int Engine::lookup_window(const GenParams & gp, const std::vector<llama_token> & hist, int k_cap, bool speculate) {
     const LookupDraft found = lookup_draft(hist, k_cap);
     const std::vector<llama_token> & cand = found.tokens;
     int k = (int) cand.size();
-    if (k == 0) return false;
-    lookup_ngram_ = found.ngram;
+    if (k == 0) return 0;
     if (gp.policy == DraftPolicy::Auto) {
         // Against the better of plain decoding and the drafter's own expected gain.
         if (!costs_.has_verify_costs()) calibrate(gp.draft_max);
@@ -140,9 +139,9 @@ bool Engine::lookup_window(const GenParams & gp, const std::vector<llama_token> 
             costs_.best_window(k_cap, &drafter_gain);
             drafter_gain = std::max({1.0, drafter_gain, costs_.gated_gain()});
         }
-        if (k == 0 || gain <= drafter_gain) return false;
+        if (k == 0 || gain <= drafter_gain) return 0;
     } else if (k < std::max(gp.draft_min, 1)) {
-        return false;
+        return 0;
     }
     draft_.tokens.assign(cand.begin(), cand.begin() + k);
     if (!gp.sampling.greedy()) {
@@ -154,7 +153,7 @@ bool Engine::lookup_window(const GenParams & gp, const std::vector<llama_token> 
             draft_.dists[i].probs.assign(1, 1.0f);
         }
     }
-    return true;
+    return found.ngram;
 }
 
 bool Engine::commit(llama_token t, const GenParams & gp, Result & res, std::vector<llama_token> & hist,
@@ -332,7 +331,8 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
                 k_cap = std::min({gp.draft_max, target_.n_ctx() - (int) hist.size(),
                                   gp.n_predict - (int) res.tokens.size() - 1});
             draft_.clear();
-            const bool looked_up = lookup && k_cap > 0 && lookup_window(gp, hist, k_cap, speculate);
+            const int lookup_ngram = lookup && k_cap > 0 ? lookup_window(gp, hist, k_cap, speculate) : 0;
+            const bool looked_up = lookup_ngram > 0;
             bool probe = false;
             const int k = looked_up || !speculate ? 0 : choose_window(gp, k_cap, probe);
             if (k > 0) {
@@ -436,7 +436,7 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
                 st.drafted_at[i] += 1;
                 st.accepted_at[i] += i < a;
                 if (i > a) continue;  // later ones were never judged
-                if (looked_up) costs_.observe_lookup(lookup_ngram_, i, i < a);
+                if (looked_up) costs_.observe_lookup(lookup_ngram, i, i < a);
                 else costs_.observe_token(i, draft_.confidence[i], i < a);
             }
             if (looked_up) {

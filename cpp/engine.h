@@ -109,8 +109,9 @@ private:
     bool commit(llama_token t, const GenParams & gp, Result & res, std::vector<llama_token> & hist,
                 std::string & pending, size_t & emitted, const TextCallback & on_text);
     int choose_window(const GenParams & gp, int k_cap, bool & probe);
-    // Prompt lookup's window into draft_.tokens when it is the step's best draft; false otherwise.
-    bool lookup_window(const GenParams & gp, const std::vector<llama_token> & hist, int k_cap, bool speculate);
+    // Prompt lookup's window into draft_.tokens when it is the step's best draft: returns the length
+    // of the matched n-gram (its acceptance is kept per length), 0 when lookup does not draft.
+    int lookup_window(const GenParams & gp, const std::vector<llama_token> & hist, int k_cap, bool speculate);
 
     LlamaModel target_;
     std::unique_ptr<Drafter> drafter_;
@@ -122,7 +123,6 @@ private:
     std::vector<int32_t> scratch_;
     DraftResult draft_;
     int plain_since_probe_ = 0, probe_interval_ = 8;
-    int lookup_ngram_ = 0;  // matched n-gram length of this step's lookup window
     // A probe window's feature drafter takes in only this many recent positions: its cost stays
     // bounded however long the plain run before it was (the useless-drafter case).
     static constexpr int kProbeCatchup = 32;

@@ -255,7 +255,7 @@ def llamacpp_bin_systems(args, target, n_ctx, prompts, ids, skipped, closers):
     and no padding row: the binary itself cannot run without a drafter). A system that fails on the
     first prompt (llama.cpp's eagle3 path aborts on gemma3 targets) is skipped with the binary's reason."""
     from ppow import Generator
-    from ppow.bench.peer_llamacpp_bin import LlamaCppBinError, RetokenizedRunner, SpeculativeSimpleRunner
+    from ppow.bench.peer_llamacpp_bin import NOTE, LlamaCppBinError, RetokenizedRunner, SpeculativeSimpleRunner
     from ppow.bench.runners import PpowRunner, System
 
     kind = "llama.cpp"
@@ -286,12 +286,9 @@ def llamacpp_bin_systems(args, target, n_ctx, prompts, ids, skipped, closers):
             systems.append(System(f"{kind} {name} k={k}", kind, runner, baseline=f"{kind} plain", drafter=name,
                                   policy="fixed", k=k, compare_prefix=True,
                                   timing="the binary's decode loop (prompt and model load excluded)",
-                                  notes=[f"{BINARY_NOTE}; {compared}"]))
+                                  notes=[f"{NOTE}; {compared}"]))
     return systems
 
-
-BINARY_NOTE = ("llama-speculative-simple --spec-type draft-eagle3|draft-simple --spec-draft-n-max k "
-               "--spec-draft-n-min 0 --spec-draft-p-min 0 --no-repack, one process per run")
 
 
 def hf_systems(args, target, skipped):

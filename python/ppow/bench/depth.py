@@ -12,11 +12,8 @@ Rapids Xeon), once with its default flash attention and once with it off. System
 each repeat, so a drift of the machine shows in all of them. Tokens/s exclude the prompt, as
 llama-bench's tg figures do.
 
-How to build llama-bench (CI never does): from the llama-cpp-python 0.3.36 sdist,
-    pip download --no-deps --no-build-isolation --no-binary llama-cpp-python llama-cpp-python==0.3.36
-    tar xf llama_cpp_python-0.3.36.tar.gz && cd llama_cpp_python-0.3.36/vendor/llama.cpp
-    cmake -B build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_OPENSSL=OFF
-    cmake --build build -j2 --target llama-bench llama-speculative-simple
+How to build llama-bench (CI never does): ppow/bench/peer_llamacpp_bin.py's docstring (the same build
+makes llama-speculative-simple and llama-bench).
 """
 from __future__ import annotations
 

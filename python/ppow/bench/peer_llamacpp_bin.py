@@ -39,9 +39,15 @@ def spec_type(drafter_path) -> str:
     return "draft-eagle3" if is_feature_drafter(drafter_path) else "draft-simple"
 
 
-def speculative_simple(bin_dir, target, drafter, prompt_text, n, k, threads, n_ctx) -> dict:
-    """One greedy run of llama-speculative-simple; its text, decode rate and draft counts."""
-    args = ["-m", target, "-md", drafter, "--spec-type", spec_type(drafter), "--spec-draft-n-max", str(k),
+# How every run calls the binary, for the report's notes.
+NOTE = (f"{BINARY} --spec-type draft-eagle3|draft-simple --spec-draft-n-max k --spec-draft-n-min 0 "
+        "--spec-draft-p-min 0 --no-repack, one process per run")
+
+
+def speculative_simple(bin_dir, target, drafter, spec, prompt_text, n, k, threads, n_ctx) -> dict:
+    """One greedy run of llama-speculative-simple (`spec`: spec_type(drafter)); its text, decode time
+    and draft counts."""
+    args = ["-m", target, "-md", drafter, "--spec-type", spec, "--spec-draft-n-max", str(k),
             "--spec-draft-n-min", "0", "--spec-draft-p-min", "0", "-n", str(n), "-t", str(threads),
             "-td", str(threads), "--no-repack", "--temp", "0", "-c", str(n_ctx)]
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as f:
@@ -60,8 +66,7 @@ def speculative_simple(bin_dir, target, drafter, prompt_text, n, k, threads, n_c
     n_dec, secs = int(decoded.group(1)), float(decoded.group(2))
     n_acc = int(accepted.group(1))
     text = res.stdout.split(prompt_text, 1)[-1].strip()  # the binary echoes the prompt, then the output
-    return {"tokens_per_second": n_dec / secs if secs > 0 else None, "seconds": secs, "n_generated": n_dec,
-            "n_drafted": int(drafted.group(1)), "n_accepted": n_acc, "tau": n_dec / max(1, n_dec - n_acc),
+    return {"seconds": secs, "n_generated": n_dec, "n_drafted": int(drafted.group(1)), "n_accepted": n_acc,
             "text": text}
 
 
@@ -70,8 +75,8 @@ class SpeculativeSimpleRunner:
     the binary reads; `retokenize` turns output text into target token ids for the output check."""
 
     def __init__(self, bin_dir, target, drafter, k, n_predict, threads, n_ctx, text_of, retokenize):
-        self.call = dict(bin_dir=bin_dir, target=target, drafter=drafter, n=n_predict, k=k, threads=threads,
-                         n_ctx=n_ctx)
+        self.call = dict(bin_dir=bin_dir, target=target, drafter=drafter, spec=spec_type(drafter), n=n_predict, k=k,
+                         threads=threads, n_ctx=n_ctx)  # the drafter's kind read once, not per run
         self.text_of, self.retokenize = text_of, retokenize
 
     needs_warm_up = False  # a fresh process per run: nothing stays warm (the bench probes it once instead)
