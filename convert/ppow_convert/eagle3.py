@@ -95,6 +95,20 @@ def target_params(reader, path):
     return token_count(reader, path), int(n_embd.contents()), int(n_layer.contents()) if n_layer is not None else None
 
 
+def check_d2t(d2t, n_draft, n_target, where):
+    """d2t (absolute target ids, one per draft row) as int64, or a ConvertError naming `where`."""
+    if d2t.ndim != 1 or d2t.dtype.kind not in "iu":
+        raise ConvertError(f"{where} must hold a 1-D integer tensor 'd2t'")
+    d2t = np.asarray(d2t, dtype=np.int64)
+    if len(d2t) != n_draft:
+        raise ConvertError(f"{where} maps {len(d2t)} draft tokens, the drafter's output has {n_draft} rows")
+    if len(d2t) and (d2t.min() < 0 or d2t.max() >= n_target):
+        raise ConvertError(f"{where}: d2t has ids outside the target vocabulary [0, {n_target})")
+    if len(np.unique(d2t)) != len(d2t):
+        raise ConvertError(f"{where}: d2t maps two draft entries to the same target token")
+    return d2t
+
+
 def load_d2t(ckpt_dir, n_draft, n_target):
     path = os.path.join(ckpt_dir, D2T_FILE)
     if not os.path.isfile(path):
@@ -102,16 +116,9 @@ def load_d2t(ckpt_dir, n_draft, n_target):
             raise ConvertError(f"draft vocabulary of {n_draft} rows but no {D2T_FILE} mapping them to target ids")
         return None
     d2t = read_file(path).get("d2t")
-    if d2t is None or d2t.ndim != 1 or d2t.dtype.kind != "i":
+    if d2t is None:
         raise ConvertError(f"{path} must hold a 1-D integer tensor 'd2t'")
-    d2t = np.asarray(d2t, dtype=np.int64)
-    if len(d2t) != n_draft:
-        raise ConvertError(f"{path} maps {len(d2t)} draft tokens, the drafter's output has {n_draft} rows")
-    if len(d2t) and (d2t.min() < 0 or d2t.max() >= n_target):
-        raise ConvertError(f"{path}: d2t has ids outside the target vocabulary [0, {n_target})")
-    if len(np.unique(d2t)) != len(d2t):
-        raise ConvertError(f"{path}: d2t maps two draft entries to the same target token")
-    return d2t
+    return check_d2t(d2t, n_draft, n_target, path)
 
 
 def eagle3_tensors(tensors, cfg, ckpt_dir):
@@ -144,11 +151,13 @@ def eagle3_tensors(tensors, cfg, ckpt_dir):
     return out
 
 
-def convert_eagle3(ckpt_dir, target_gguf, out_path, outtype="f16", fc_type="f32"):
-    """Write the eagle3 GGUF of a feature drafter for target_gguf (its vocabulary and hidden size)."""
+def check_fc_type(fc_type):
     if fc_type not in ("f32", "q8_0"):
         raise ConvertError(f"fc type must be f32 or q8_0, not {fc_type!r} (f16 overflows on large features)")
-    cfg = load_config(ckpt_dir)
+
+
+def check_target(cfg, target_gguf):
+    """The target's vocabulary size, after checking that the drafter's config fits target_gguf."""
     n_target, n_embd, n_layer = target_params(open_gguf(target_gguf), target_gguf)
     if cfg["target_vocab_size"] != n_target:
         raise ConvertError(f"the drafter was trained for a target with {cfg['target_vocab_size']} tokens, "
@@ -158,11 +167,16 @@ def convert_eagle3(ckpt_dir, target_gguf, out_path, outtype="f16", fc_type="f32"
                            f"{target_gguf} has hidden size {n_embd}")
     if n_layer is not None and not all(0 <= k < n_layer for k in cfg["target_layers"]):
         raise ConvertError(f"target_layers {cfg['target_layers']} outside the target's hidden_states[0..{n_layer - 1}]")
-    d2t = load_d2t(ckpt_dir, cfg["draft_vocab_size"], n_target)
-    tensors = eagle3_tensors(read_drafter_weights(ckpt_dir), cfg, ckpt_dir)
+    return n_target
+
+
+def write_eagle3(out_path, name, cfg, tensors, d2t, outtype="f16", fc_type="f32"):
+    """Write the eagle3 GGUF: cfg (checked by load_config's rules), tensors from eagle3_tensors, d2t
+    absolute target ids (None: a full-vocabulary head)."""
+    n_target = cfg["target_vocab_size"]
 
     def fill(w):
-        w.add_name(os.path.basename(os.path.normpath(ckpt_dir)))
+        w.add_name(name)
         w.add_context_length(cfg["max_position_embeddings"])
         w.add_embedding_length(cfg["hidden_size"])
         w.add_block_count(1)
@@ -184,9 +198,19 @@ def convert_eagle3(ckpt_dir, target_gguf, out_path, outtype="f16", fc_type="f32"
         w.add_tokenizer_model("none")
         w.add_uint32(KEY_TARGET_N_VOCAB, n_target)
         w.add_file_type(OUTTYPES[outtype][0])
-        for name, t, keep_f32 in tensors:
-            add_weight(w, name, t, fc_type if name == "fc.weight" else "f32" if keep_f32 else outtype)
+        for gg_name, t, keep_f32 in tensors:
+            add_weight(w, gg_name, t, fc_type if gg_name == "fc.weight" else "f32" if keep_f32 else outtype)
         if d2t is not None:
             w.add_tensor("d2t", d2t, raw_dtype=gguf.GGMLQuantizationType.I64)
 
     return write_gguf(out_path, "eagle3", fill)
+
+
+def convert_eagle3(ckpt_dir, target_gguf, out_path, outtype="f16", fc_type="f32"):
+    """Write the eagle3 GGUF of a feature drafter for target_gguf (its vocabulary and hidden size)."""
+    check_fc_type(fc_type)
+    cfg = load_config(ckpt_dir)
+    n_target = check_target(cfg, target_gguf)
+    d2t = load_d2t(ckpt_dir, cfg["draft_vocab_size"], n_target)
+    tensors = eagle3_tensors(read_drafter_weights(ckpt_dir), cfg, ckpt_dir)
+    return write_eagle3(out_path, os.path.basename(os.path.normpath(ckpt_dir)), cfg, tensors, d2t, outtype, fc_type)

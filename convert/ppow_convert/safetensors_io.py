@@ -1,4 +1,4 @@
-"""Minimal safetensors reader on numpy memmaps.
+"""Minimal safetensors reader (numpy memmaps) and writer.
 
 Why not safetensors.numpy: it cannot represent bf16 (most HF checkpoints) and we want no
 torch dependency. The format is tiny: u64 header size, JSON header, raw little-endian data.
@@ -14,10 +14,10 @@ import numpy as np
 from .errors import ConvertError
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64,
-           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8}
+           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 
 
-_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1}
+_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 def _is_size(v):
@@ -63,7 +63,10 @@ def read_file(path):
             raise bad(f"tensor {name!r} runs past the end of the file")
         if e - b != int(np.prod(shape, dtype=object)) * _ITEMSIZE[dtype]:
             raise bad(f"tensor {name!r}: {e - b} bytes for shape {shape} of {dtype}")
-        a = mm[8 + n + b: 8 + n + e].view(_DTYPES[dtype]).reshape(shape)
+        a = mm[8 + n + b: 8 + n + e]
+        if dtype == "BOOL" and a.size and a.max() > 1:
+            raise bad(f"tensor {name!r}: BOOL bytes other than 0 and 1")
+        a = a.view(_DTYPES[dtype]).reshape(shape)
         if dtype == "BF16":
             a = (a.astype(np.uint32) << 16).view(np.float32)
         out[name] = a
@@ -83,3 +86,35 @@ def read_dir(model_dir, pattern="*.safetensors", exclude=()):
     for f in files:
         tensors.update(read_file(f))
     return tensors
+
+
+_WRITE_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "BOOL": np.bool_}
+
+
+def to_bf16_bits(a):
+    """float32 -> bf16 bit patterns (uint16), rounding to nearest even (NaN stays NaN)."""
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(a), np.uint16(0x7FC0), rounded)
+
+
+def write_file(path, tensors, metadata=None):
+    """Write name -> (dtype name, array) as one safetensors file (F32, F16, BF16, I64, BOOL).
+    Arrays are cast to the dtype (BF16 from float32 with round-to-nearest-even). The caller makes
+    the file atomic (this writes `path` directly)."""
+    header, blobs, offset = {}, [], 0
+    for name, (dtype, a) in tensors.items():
+        raw = to_bf16_bits(a) if dtype == "BF16" else np.ascontiguousarray(a, dtype=_WRITE_DTYPES[dtype])
+        data = raw.astype(raw.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {"dtype": dtype, "shape": [int(d) for d in np.shape(a)], "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # the data start stays 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)))
+        f.write(head)
+        for data in blobs:
+            f.write(data)
