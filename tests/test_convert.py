@@ -38,9 +38,9 @@ TOL = {"f32": 1e-3, "f16": 2e-2, "q8_0": 3e-1}
 def load(path, **kw):
     # Without the extra (repacked/AMX) CPU buffer types, as ppow loads models: llama.cpp 0.3.36's AMX
     # matmul crashed on these tiny q8_0 shapes on a Sapphire Rapids Xeon.
-    from ppow.bench.peer_llamacpp import _model_params
+    from ppow.llamacpp_params import model_params
 
-    with _model_params(False):
+    with model_params(False):
         return llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=256, n_threads=1, verbose=False,
                                type_k=0, type_v=0, **kw)
 

@@ -14,7 +14,7 @@ pytest.importorskip("safetensors")
 import train_fixtures as F  # noqa: E402
 
 from ppow.train import checkpoint as C  # noqa: E402
-from ppow.train import cli, kd, ppow  # noqa: E402
+from ppow.train import cli, drafters, kd, ppow  # noqa: E402
 from ppow.train import evaluate as E  # noqa: E402
 from ppow.train import model as M  # noqa: E402
 from ppow.train import rewards as R  # noqa: E402
@@ -506,7 +506,7 @@ def test_nan_guard_stops_with_clear_error(tmp_path, work):
     from ppow.train import loop
 
     with pytest.raises(NonFiniteError, match="non-finite"):
-        loop.run(args, m, v, {}, kd.make_step_fn(c, v, args), "kd")
+        loop.run(args, m, v, {}, drafters.kd_step_fn(c, v, args), "kd")
 
 
 def test_eval_cli_reports_tau_per_k_category_and_position(tmp_path, work):

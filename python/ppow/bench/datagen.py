@@ -97,11 +97,10 @@ def engine_rate(target, prompt_ids, n_parallel, max_new, topk, layers, threads, 
 
 def main(argv=None):
     import ppow
+    from ppow.feature_layers import default_layers
+    from ppow.models import resolve_target
+    from ppow.prompt_files import read_prompts, tail_ids
     from ppow.templates import TEMPLATES
-
-    from ..train.data import read_prompts
-    from ..models import resolve_target
-    from ..train.datagen import default_layers
 
     ap = argparse.ArgumentParser(prog="python -m ppow.bench.datagen", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -125,12 +124,7 @@ def main(argv=None):
     prompts = [p["text"] for p in read_prompts(args.prompts, args.n, 0, args.template, target)]
     with ppow.Generator(target, n_ctx=64, n_threads=1) as g:
         n_layer = g.n_layer
-        bos = g._engine.bos
-        ids = []
-        for p in prompts:
-            t = g.tokenize(p)
-            head = t[:1] if t and t[0] == bos else []
-            ids.append(head + t[len(head):][-args.prompt_tail:])
+        ids = [tail_ids(g.tokenize(p), g._engine.bos, args.prompt_tail) for p in prompts]
     layers = default_layers(n_layer)
     capture = capture_cost(target, prompts[0], layers, args.threads)
     print(json.dumps(dict(capture=capture)), flush=True)

@@ -17,7 +17,6 @@ both engines run the same kernels.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 
@@ -27,6 +26,7 @@ from llama_cpp.llama_speculative import LlamaDraftModel
 from ppow.bench.runners import Measure
 from ppow.gguf_keys import DRAFT_VOCAB_D2T as KEY_D2T
 from ppow.gguf_keys import DRAFT_VOCAB_UNK as KEY_UNK
+from ppow.llamacpp_params import model_params
 
 
 def read_d2t(path):
@@ -40,32 +40,12 @@ def read_d2t(path):
     return None if field is None else np.asarray(field.contents(), dtype=np.int64)
 
 
-@contextlib.contextmanager
-def _model_params(repack: bool):
-    # Llama() exposes no use_extra_bufts argument; it fills its model params from
-    # llama_model_default_params() while loading, so adjust what that returns for the load.
-    import llama_cpp.llama_cpp as C
-
-    orig = C.llama_model_default_params
-
-    def params():
-        p = orig()
-        p.use_extra_bufts = repack
-        return p
-
-    C.llama_model_default_params = params
-    try:
-        yield
-    finally:
-        C.llama_model_default_params = orig
-
-
 def load_llama(path, n_ctx, n_threads, draft_model=None, repack=False):
     import llama_cpp
 
     # 0 means all hardware threads, as in ppow (Llama's own default for generation is half of them).
     n_threads = n_threads or os.cpu_count() or 1
-    with _model_params(repack):
+    with model_params(repack):
         # logits_all must be passed explicitly with a draft model: Llama turns it on by itself but
         # sizes its logits store from the argument, n_batch rows, and fails past position n_batch.
         return llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_batch=512, n_ubatch=512, n_threads=n_threads,

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ppow.prompt_files import tail_ids
+
 from .data import SEED_WORDS
 
 META = "meta.json"
@@ -37,6 +39,23 @@ def shard_name(i):
     return f"shard_{i:05d}"
 
 
+def finished_shards(out_dir, remove_tmp=False):
+    """(number, side json) of every completely written shard of an engine cache (datagen.py writes the
+    .safetensors, then the .json); remove_tmp (a writer resuming) deletes the temporary files a killed
+    run left."""
+    done = []
+    for name in sorted(os.listdir(out_dir)):
+        if name.endswith(".tmp"):
+            if remove_tmp:
+                os.remove(os.path.join(out_dir, name))
+        elif name.startswith("shard_") and name.endswith(".json"):
+            st = os.path.join(out_dir, name[:-5] + ".safetensors")
+            if os.path.exists(st):
+                with open(os.path.join(out_dir, name)) as f:
+                    done.append((int(name[6:11]), json.load(f)))
+    return done
+
+
 def check_target(meta, expect_sha256, what="cache"):
     if expect_sha256 is not None and meta["target"]["sha256"] != expect_sha256:
         raise TargetMismatch(
@@ -47,12 +66,7 @@ def check_target(meta, expect_sha256, what="cache"):
 
 def prepare_prompt_ids(target, text, prompt_tail):
     """BOS + the last prompt_tail tokens of the prompt (the target sees exactly what is cached)."""
-    ids = target.tokenize(text)
-    bos = [ids[0]] if (ids and target.bos_id is not None and ids[0] == target.bos_id) else []
-    body = ids[len(bos):]
-    if prompt_tail and len(body) > prompt_tail:
-        body = body[-prompt_tail:]
-    return bos + body
+    return tail_ids(target.tokenize(text), target.bos_id, prompt_tail)
 
 
 def seed_prompts(target, n, seed, sample_tokens, k):
@@ -268,9 +282,7 @@ class Cache:
                 raise ValueError(f"{path}: cache is incomplete (re-run `ppow-train data` to finish it, or train on "
                                  "the shards written so far with --allow-incomplete-cache)")
             if meta.get("version") == 2:  # engine caches list their shards as they are written
-                from .datagen import _finished_shards
-
-                meta["shards"] = [side["summary"] for _, side in sorted(_finished_shards(path), key=lambda x: x[0])]
+                meta["shards"] = [side["summary"] for _, side in sorted(finished_shards(path), key=lambda x: x[0])]
                 check_meta(meta, path)
         return meta
 

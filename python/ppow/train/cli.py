@@ -301,7 +301,7 @@ def cmd_kd(args, rank, world, device):
     if args.chunk_len > args.ctx_len > 0:
         args.chunk_len = args.ctx_len  # a chunk is the drafter's context window
     t0 = time.time()
-    final = loop.run(args, model, vocab, info, kd.make_step_fn(cache, vocab, args, rank), "kd", rank, world, device)
+    final = loop.run(args, model, vocab, info, drafters.kd_step_fn(cache, vocab, args, rank), "kd", rank, world, device)
     if rank == 0:
         print(json.dumps({"stage": "kd", "checkpoint": final, "seconds": round(time.time() - t0, 1)}))
     return final

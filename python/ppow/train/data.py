@@ -1,4 +1,4 @@
-"""Prompts and targets: where the training text comes from and who continues it.
+"""Targets: who continues the training text (prompt files are read by ppow.prompt_files, re-exported here).
 
 A target here is anything that, given prompt token ids, continues them greedily and reports, for every
 position, the target's greedy next token and its top-k next-token probabilities. Three backends:
@@ -9,11 +9,13 @@ position, the target's greedy next token and its top-k next-token probabilities.
 """
 
 import hashlib
-import json
 import os
 
 import numpy as np
 import torch
+
+from ppow.llamacpp_params import model_params
+from ppow.prompt_files import read_prompts  # noqa: F401 (the data and eval stages read prompts from here)
 
 SEED_WORDS = [
     "The", "In", "I", "A", "This", "It", "We", "You", "When", "How", "What", "Why", "There", "One", "If",
@@ -39,39 +41,6 @@ def sha256_of(path, chunk=1 << 22):
                 break
             h.update(b)
     return h.hexdigest()
-
-
-def read_prompts(path, limit=None, offset=0, template="raw", target=None):
-    """Prompts from jsonl (`text`, or `turns` whose first turn is used) or plain text (one per line).
-
-    Returns dicts {text, category, id}; category comes from a `category` field (else "all").
-    `template` (see ppow.templates) frames each prompt, e.g. "qa" for a base model, "chat" (the
-    target GGUF's own chat template, `target` its path) for an instruction-tuned one.
-    """
-    from ppow.templates import apply_template
-
-    out = []
-    with open(path, encoding="utf-8") as f:
-        is_jsonl = path.endswith((".jsonl", ".json"))
-        for i, line in enumerate(f):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            if is_jsonl:
-                d = json.loads(line)
-                if "text" in d:
-                    text = d["text"]
-                elif "turns" in d:
-                    turns = d["turns"]
-                    text = turns[0] if isinstance(turns, list) else str(turns)
-                else:
-                    raise ValueError(f"{path}:{i + 1}: jsonl rows need a `text` or `turns` field")
-                out.append({"text": apply_template(template, text, target), "category": str(d.get("category", "all")),
-                            "id": str(d.get("question_id", d.get("id", i)))})
-            else:
-                out.append({"text": apply_template(template, line, target), "category": "all", "id": str(i)})
-    out = out[offset:]
-    return out[:limit] if limit is not None else out
 
 
 def topk_rows(logits, k):
@@ -191,9 +160,7 @@ class LlamaCppTarget(Target):
         import llama_cpp
 
         self.path = path
-        from ppow.bench.peer_llamacpp import _model_params
-
-        with _model_params(False):  # no repacked/AMX weights: ppow's own kernels (and AMX crashed on a Xeon)
+        with model_params(False):  # no repacked/AMX weights: ppow's own kernels (and AMX crashed on a Xeon)
             self.llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, logits_all=True, verbose=False,
                                        n_threads=n_threads or os.cpu_count(), n_batch=min(512, n_ctx))
         self.n_ctx = n_ctx

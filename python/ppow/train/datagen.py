@@ -23,14 +23,12 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .cache import META, TargetMismatch, shard_name
+from ppow.feature_layers import default_layers
+from ppow.prompt_files import tail_ids
+
+from .cache import META, TargetMismatch, finished_shards, shard_name
 
 FORMAT_VERSION = 2
-
-
-def default_layers(n_layer):
-    """EAGLE-3's choice of target layers: low, middle and high (hidden_states[2], [n/2], [n-3])."""
-    return [min(2, n_layer - 1), n_layer // 2, max(n_layer - 3, 1)]
 
 
 def parse_layers(text, n_layer):
@@ -103,22 +101,6 @@ def _write_shard(out_dir, number, records, prompts, n_layers, hidden_size):
     return summary
 
 
-def _finished_shards(out_dir, remove_tmp=False):
-    """(number, side json) of every completely written shard; remove_tmp (a writer resuming) deletes
-    the temporary files a killed run left."""
-    done = []
-    for name in sorted(os.listdir(out_dir)):
-        if name.endswith(".tmp"):
-            if remove_tmp:
-                os.remove(os.path.join(out_dir, name))
-        elif name.startswith("shard_") and name.endswith(".json"):
-            st = os.path.join(out_dir, name[:-5] + ".safetensors")
-            if os.path.exists(st):
-                with open(os.path.join(out_dir, name)) as f:
-                    done.append((int(name[6:11]), json.load(f)))
-    return done
-
-
 def build_engine_cache(target_path, out_dir, prompts, *, template="raw", max_new=64, prompt_tail=64, topk=16,
                        layers=None, n_parallel=16, threads=0, temp=0.0, seed=0, shard_size=64, identity=None,
                        progress=True, log=print):
@@ -164,16 +146,13 @@ def build_engine_cache(target_path, out_dir, prompts, *, template="raw", max_new
                 shards=[])
     _atomic_json(meta, meta_path)
 
-    done = _finished_shards(out_dir, remove_tmp=True)
+    done = finished_shards(out_dir, remove_tmp=True)
     done_idx = {i for _, side in done for i in side["index"]}
     next_shard = 1 + max((n for n, _ in done), default=-1)
     todo = [i for i in range(len(prompts)) if i not in done_idx]
 
     def prompt_ids(text, tokenize):
-        ids = tokenize(text)
-        bos = ids[:1] if ids and ids[0] == gen.bos else []
-        body = ids[len(bos):]
-        return bos + (body[-prompt_tail:] if prompt_tail and len(body) > prompt_tail else body)
+        return tail_ids(tokenize(text), gen.bos, prompt_tail)
 
     if parse_special(template):  # a chat template's turn markers must become control tokens, which
         from ppow import Generator  # DataGen.tokenize does not parse: tokenize with a Generator
@@ -217,7 +196,7 @@ def build_engine_cache(target_path, out_dir, prompts, *, template="raw", max_new
     seconds = time.time() - t0
     bar.close()
 
-    all_done = sorted(_finished_shards(out_dir), key=lambda x: x[0])
+    all_done = sorted(finished_shards(out_dir), key=lambda x: x[0])
     meta["shards"] = [side["summary"] for _, side in all_done]
     meta["complete"] = sum(s["sequences"] for s in meta["shards"]) == len(prompts)
     _atomic_json(meta, meta_path)

@@ -1,4 +1,4 @@
-"""The drafter interface: what kd.py, ppow.py and evaluate.py need from a drafter, one class per kind.
+"""The drafter interface: what the KD stage, ppow.py and evaluate.py need from a drafter, one class per kind.
 
   standalone  a small Llama over token ids (model.py); sees only the text
   feature     an EAGLE-3 drafter (feature_model.py); sees the target's hidden states (llama.cpp eagle3)
@@ -12,11 +12,14 @@ Each kind provides
   forward_windows(model, contexts, cont)   teacher-forced logits [B,k,V] over drafted tokens
                                            (differentiable; model may be DDP-wrapped)
 Checkpoints load and save through checkpoint.py for both kinds (config.json tells which).
+kd_step_fn is the KD stage's training step for either kind (kd.py holds the losses and builders it calls,
+so kd.py imports nothing from here).
 """
 
 from . import feature_model as FM
 from . import kd
 from . import model as M
+from .common import step_generator
 
 
 class Standalone:
@@ -82,3 +85,16 @@ def get(name):
 def of(model):
     """The kind of a drafter (or of a DDP-wrapped one)."""
     return KINDS[getattr(model, "module", model).kind]
+
+
+def kd_step_fn(cache, vocab, args, rank=0):
+    """One KD step of the drafter kind args.drafter_kind (default standalone), as loop.run calls it."""
+    kind = get(getattr(args, "drafter_kind", None) or "standalone")
+
+    def step_fn(tr, step):
+        g = step_generator(args.seed, step, rank)
+        loss, metrics = kind.kd_loss(tr.ddp, cache, vocab, args, g, tr.device)
+        metrics["grad_norm"] = tr.update(loss)
+        return metrics
+
+    return step_fn

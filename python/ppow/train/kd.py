@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from . import model as M
-from .common import step_generator
 from .vocab import IdentityVocab, build_draft_vocab
 
 
@@ -155,20 +154,6 @@ def feature_kd_loss(model, cache, vocab, args, g, device):
     loss, metrics = ttt_loss(logits, valid, labels, p_ids, p, args.ce_coef, args.kl_coef, args.ttt_decay)
     metrics["tokens"] = int(valid[0].sum())
     return loss, metrics
-
-
-def make_step_fn(cache, vocab, args, rank=0):
-    from . import drafters
-
-    kind = drafters.get(getattr(args, "drafter_kind", None) or "standalone")
-
-    def step_fn(tr, step):
-        g = step_generator(args.seed, step, rank)
-        loss, metrics = kind.kd_loss(tr.ddp, cache, vocab, args, g, tr.device)
-        metrics["grad_norm"] = tr.update(loss)
-        return metrics
-
-    return step_fn
 
 
 def build_vocab(cache, n):
