@@ -1,0 +1,143 @@
+"""`ppow-train prompts`: benchmark decontamination, deduplication, the mix report, and self-synthesis
+(Magpie) with SmolLM2-135M-Instruct: resumable, decontaminated, written atomically."""
+import json
+import os
+import random
+
+import pytest
+
+from ppow.train import prompt_filters as F
+from ppow.train import prompts as P
+
+DEV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "specbench-dev.jsonl")
+TRAIN = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "train-prompts.jsonl")
+
+BENCH = [
+    "Compose an engaging travel blog post about a recent trip to Hawaii, highlighting cultural experiences "
+    "and must-see attractions.",
+    "Translate German to English: Die Katze sitzt auf der Matte und schaut aus dem Fenster in den Garten.",
+    "Summarize the following article in two sentences: The city council voted on Tuesday to expand the bike "
+    "lane network by forty kilometres over the next three years, citing safety and congestion.",
+    "What is the capital of Australia?",
+]
+UNRELATED = [
+    "Write a haiku about autumn leaves falling on a quiet pond.",
+    "How do I sort a list of dictionaries by a key in Python?",
+    "Explain the difference between a virus and a bacterium for a ten-year-old.",
+    "Give me three ideas for a birthday party for my grandmother who loves gardening.",
+]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return F.BenchmarkFilter(BENCH)
+
+
+def _edit(text, rng, n_words):
+    """Change n_words words of text (a lightly edited copy)."""
+    words = text.split()
+    for i in rng.sample(range(len(words)), n_words):
+        words[i] = "something"
+    return " ".join(words)
+
+
+def test_filter_catches_planted_copies(bench):
+    rng = random.Random(0)
+    for i, b in enumerate(BENCH):
+        assert bench.match(b) == i                                    # verbatim
+        assert bench.match(b.upper().replace(",", " ;")) == i         # case, punctuation, spacing
+        assert bench.match("Please help me with this: " + b + " Thanks a lot!") == i  # embedded
+    for i in range(3):  # long prompts: a few words changed is still a copy
+        assert bench.match(_edit(BENCH[i], rng, 2)) == i
+    # a 13-word verbatim span inside an otherwise different request
+    span = " ".join(BENCH[2].split()[5:18])
+    assert bench.match("Write a poem that starts with these words: " + span + " and then talks about rain, "
+                       "clouds, umbrellas, puddles, boots, wind, thunder and the smell of wet grass.") == 2
+
+
+def test_filter_passes_unrelated_prompts(bench):
+    for u in UNRELATED:
+        assert bench.match(u) is None
+    assert bench.match("What is the capital of France?") is None  # near but not a copy: 4 of 6 words shared
+
+
+@pytest.mark.skipif(not os.path.isfile(DEV), reason="../shared/data/specbench-dev.jsonl is not beside the checkout")
+def test_specbench_dev_copy_is_caught_and_train_prompts_pass():
+    dev = F.read_benchmark_prompts(DEV)
+    assert len(dev) >= 240  # every turn of the 240 entries
+    filt = F.BenchmarkFilter(dev)
+    rng = random.Random(1)
+    for text in rng.sample(dev, 20):
+        planted = "Hi! " + text.replace(".", " .") + " Please answer carefully."
+        assert filt.match(planted) is not None, planted[:80]
+    with open(TRAIN, encoding="utf-8") as f:
+        train = [json.loads(line)["text"] for _, line in zip(range(300), f)]
+    assert sum(filt.match(t) is not None for t in train) == 0
+
+
+def test_deduper():
+    d = F.Deduper()
+    base = "Can you suggest some effective exercises to improve my posture while working at a desk all day?"
+    assert d.add(base)
+    assert not d.add(base.lower() + "  ")                  # exact after normalisation
+    assert not d.add(base.replace("all day", "all day long"))  # near duplicate
+    for u in UNRELATED:
+        assert d.add(u)
+
+
+def test_mix_report_counts_languages_and_lengths():
+    texts = ["How do I bake bread at home?", "Comment faire du pain à la maison avec de la farine ?",
+             "Wie backe ich das Brot zu Hause und mit der Hefe?", "如何在家烤面包？", "Как испечь хлеб дома?"]
+    r = F.mix_report(texts)
+    assert r["prompts"] == 5
+    assert r["languages"] == {"en": 1, "fr": 1, "de": 1, "zh/ja": 1, "ru/cyrillic": 1}
+    assert sum(r["words_by_bucket"].values()) == 5
+
+
+def test_build_prompt_set_drops_copies_and_duplicates(tmp_path):
+    bench_file = tmp_path / "bench.jsonl"
+    bench_file.write_text("".join(json.dumps({"turns": [b]}) + "\n" for b in BENCH))
+    synth = [(u, "self:x") for u in UNRELATED] + [(BENCH[0], "self:x"), (UNRELATED[0], "self:x"), ("hi", "self:x")]
+    kept, report = P.build_prompt_set(synth, [("Tell me about " + BENCH[3].lower(), "inc")], [str(bench_file)])
+    texts = sorted(r["text"] for r in kept)
+    assert texts == sorted(UNRELATED)
+    c = report["counts"]
+    assert (c["benchmark_copy"], c["duplicate"], c["too_short"], c["kept"]) == (2, 1, 1, 4)
+
+
+def test_prompts_cli_refuses_missing_exclude(tmp_path):
+    from ppow.errors import PpowError
+    from ppow.train.cli import run
+
+    with pytest.raises(PpowError, match="--exclude"):
+        run(["prompts", "--include", TRAIN, "-o", str(tmp_path / "p.jsonl")])
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+@pytest.mark.real
+def test_self_synthesis_smollm2_resumes_and_decontaminates(smollm2_gguf, tmp_path):
+    from ppow.train.cli import run
+
+    out = tmp_path / "p.jsonl"
+    bench_file = tmp_path / "bench.jsonl"
+    bench_file.write_text(json.dumps({"turns": BENCH}) + "\n")
+    args = ["prompts", "--target", smollm2_gguf, "--n", "6", "--max-new", "48", "--n-parallel", "6",
+            "--threads", "2", "--exclude", str(bench_file), "-o", str(out), "--quiet"]
+    res = run(args)
+    raw = [json.loads(x) for x in (tmp_path / "p.jsonl.raw.jsonl").read_text().splitlines()]
+    assert sorted(r["index"] for r in raw) == list(range(6))
+    assert res["synthesised"] == sum(r["stop"] == "eos" for r in raw) > 0  # an aligned model ends its turn
+    # planted: a benchmark prompt among the synthesised ones is dropped on the next (resumed) build
+    with open(tmp_path / "p.jsonl.raw.jsonl", "a") as f:
+        f.write(json.dumps(dict(index=6, stop="eos", n_tokens=20, text=BENCH[0])) + "\n")
+        f.write('{"index": 7, "stop": "eos", "te')  # a killed writer's half line
+    res2 = run(args[:4] + ["8"] + args[5:])
+    assert res2["benchmark_copy"] >= 1
+    kept = [json.loads(x)["text"] for x in out.read_text().splitlines()]
+    assert BENCH[0] not in kept and len(kept) == res2["kept"]
+    raw2 = [json.loads(x) for x in (tmp_path / "p.jsonl.raw.jsonl").read_text().splitlines() if x.endswith("}")]
+    assert sorted(r["index"] for r in raw2 if r["index"] < 6) == list(range(6))  # nothing redone
+    assert 7 in {r["index"] for r in raw2}  # the half line was regenerated
+    # other settings: refused, nothing written
+    with pytest.raises(Exception, match="other settings"):
+        run(args[:-3] + ["--temp", "0.7", "-o", str(out), "--quiet"])
