@@ -124,6 +124,7 @@ NB_MODULE(_core, m) {
         .def_rw("temp", &DataGenParams::temp)
         .def_rw("seed", &DataGenParams::seed)
         .def_rw("stop_at_eog", &DataGenParams::stop_at_eog)
+        .def_rw("host_threads", &DataGenParams::host_threads)
         .def_rw("layers", &DataGenParams::layers);
 
     nb::class_<DataGen>(m, "DataGen")

@@ -3,8 +3,10 @@
 #include "topk.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <thread>
 
 namespace ppow {
 
@@ -35,6 +37,31 @@ struct Row {
     bool logits;
 };
 
+// What the host computes from one row's logits: the target's argmax and top-k, and the next token.
+struct RowResult {
+    int best = -1;
+    llama_token next = -1;
+    std::vector<int32_t> ids;
+    std::vector<float> probs;
+};
+
+// fn(i) for i in [0, n) on up to n_threads threads (the caller's included). Work is taken one index
+// at a time: rows cost the same, so this balances without chunking. Exceptions do not cross: fn
+// must not throw (the top-k and sampling code does not).
+template <typename F>
+void parallel_for(int n, int n_threads, const F & fn) {
+    n_threads = std::max(1, std::min(n_threads, n));
+    std::atomic<int> next{0};
+    auto work = [&] {
+        for (int i; (i = next.fetch_add(1)) < n;) fn(i);
+    };
+    std::vector<std::thread> pool;
+    pool.reserve(n_threads - 1);
+    for (int t = 1; t < n_threads; ++t) pool.emplace_back(work);
+    work();
+    for (auto & th : pool) th.join();
+}
+
 }  // namespace
 
 DataGenStats DataGenerator::run(const std::vector<std::vector<llama_token>> & prompts,
@@ -50,6 +77,8 @@ DataGenStats DataGenerator::run(const std::vector<std::vector<llama_token>> & pr
     if (p.max_new < 0) throw Error("max_new must be >= 0");
     if (p.topk < 1 || p.topk > 1024 || p.topk > n_vocab) throw Error("topk must be in [1, min(1024, n_vocab)]");
     if (!(p.temp >= 0.0f) || std::isinf(p.temp)) throw Error("temperature must be >= 0");
+    if (p.host_threads < 0 || p.host_threads > 1024) throw Error("host_threads must be in [0, 1024] (0: all cores)");
+    const int host_threads = p.host_threads > 0 ? p.host_threads : std::max(1u, std::thread::hardware_concurrency());
     if ((int64_t) ctx_per_seq * n_par > (int64_t) llama_n_ctx(ctx))
         throw Error("ctx_per_seq x n_parallel (" + std::to_string((int64_t) ctx_per_seq * n_par) +
                     ") exceeds the context (" + std::to_string(llama_n_ctx(ctx)) + ")");
@@ -101,8 +130,9 @@ DataGenStats DataGenerator::run(const std::vector<std::vector<llama_token>> & pr
     for (int s = 0; s < n_par; ++s) refill(s);
 
     std::vector<Row> rows;
-    std::vector<int32_t> ids(K);
-    std::vector<float> probs(K);
+    std::vector<int> logit_rows;        // batch rows with logits, in batch order
+    std::vector<const float *> logit_ptrs;  // their logits
+    std::vector<RowResult> results;     // one per batch row (filled for rows with logits)
     for (;;) {
         if (cancel && *cancel) throw Error("cancelled");
         // Build one batch: every generating sequence's newest token first, then prompt chunks.
@@ -145,6 +175,28 @@ DataGenStats DataGenerator::run(const std::vector<std::vector<llama_token>> & pr
         st.decodes += 1;
         st.rows += batch.n_tokens;
 
+        // The full-vocabulary softmax, top-k and draw of every scored row, in parallel: on a GPU this is
+        // most of a step. Each row reads only its own logits and its own sequence's Rng (one scored row
+        // per sequence per batch), so the result does not depend on the thread count.
+        // llama_get_logits_ith may reorder the outputs on its first call: take every pointer before going parallel.
+        logit_rows.clear();
+        logit_ptrs.clear();
+        for (int r = 0; r < (int) rows.size(); ++r)
+            if (rows[r].logits) {
+                logit_rows.push_back(r);
+                logit_ptrs.push_back(llama_get_logits_ith(ctx, r));
+            }
+        if (results.size() < rows.size()) results.resize(rows.size());
+        parallel_for((int) logit_rows.size(), host_threads, [&](int i) {
+            const int r = logit_rows[i];
+            RowResult & res = results[r];
+            res.ids.resize(K);
+            res.probs.resize(K);
+            const float * lg = logit_ptrs[i];
+            res.best = topk_softmax(lg, n_vocab, K, res.ids.data(), res.probs.data());
+            res.next = p.temp > 0.0f ? sample_softmax(lg, n_vocab, p.temp, slots[rows[r].slot].rng) : res.best;
+        });
+
         for (int r = 0; r < (int) rows.size(); ++r) {
             Slot & sl = slots[rows[r].slot];
             SeqRecord & rec = sl.rec;
@@ -168,14 +220,13 @@ DataGenStats DataGenerator::run(const std::vector<std::vector<llama_token>> & pr
                 }
                 continue;
             }
-            const float * lg = llama_get_logits_ith(ctx, r);
-            const int best = topk_softmax(lg, n_vocab, K, ids.data(), probs.data());
-            const llama_token nxt = p.temp > 0.0f ? sample_softmax(lg, n_vocab, p.temp, sl.rng) : best;
-            rec.greedy.push_back(best);
+            const RowResult & res = results[r];
+            const llama_token nxt = res.next;
+            rec.greedy.push_back(res.best);
             rec.next.push_back(nxt);
             rec.scored.push_back(1);
-            rec.topk_ids.insert(rec.topk_ids.end(), ids.begin(), ids.end());
-            rec.topk_probs.insert(rec.topk_probs.end(), probs.begin(), probs.end());
+            rec.topk_ids.insert(rec.topk_ids.end(), res.ids.begin(), res.ids.end());
+            rec.topk_probs.insert(rec.topk_probs.end(), res.probs.begin(), res.probs.end());
 
             const char * stop = nullptr;
             if (p.stop_at_eog && llama_vocab_is_eog(vocab, nxt)) stop = "eos";

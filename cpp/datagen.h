@@ -24,6 +24,9 @@ struct DataGenParams {
     uint64_t seed = 0;        // sampling: a sequence draws from Rng(seed, its prompt index)
     bool stop_at_eog = true;  // end a sequence at an end-of-generation token
     std::vector<int> layers;  // hidden-state layers (capture.h numbering), may be empty
+    int host_threads = 0;     // threads for the per-row softmax/top-k/sampling (0: all cores). With the
+                              // model on a GPU this host work is the engine's ceiling; results do not
+                              // depend on it (each row draws from its own sequence's Rng)
 };
 
 // One finished sequence. Position j holds tokens[j] as input; its label is what follows it.

@@ -141,3 +141,39 @@ def test_self_synthesis_smollm2_resumes_and_decontaminates(smollm2_gguf, tmp_pat
     # other settings: refused, nothing written
     with pytest.raises(Exception, match="other settings"):
         run(args[:-3] + ["--temp", "0.7", "-o", str(out), "--quiet"])
+
+
+BLOCK_TORCH = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'torch' or name == 'safetensors.torch':
+            raise ImportError('torch is blocked in this process')
+sys.meta_path.insert(0, _Block())
+from ppow.train.cli import run
+run(sys.argv[1:])
+"""
+
+
+def test_data_and_prompts_stages_run_without_torch(tiny_target_gguf, tmp_path):
+    """The engine stages never import torch: on a CUDA machine a CUDA build of ppow and torch could not
+    share a process (issue 22), and the data stage must still run there. The cache they write is what the
+    torch reader (cache.py) loads."""
+    import subprocess
+    import sys
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"text": t}) + "\n" for t in UNRELATED))
+    r = subprocess.run([sys.executable, "-c", BLOCK_TORCH, "prompts", "--include", str(prompts), "--exclude", "none",
+                        "-o", str(tmp_path / "clean.jsonl"), "--quiet"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-c", BLOCK_TORCH, "data", "--target", str(tiny_target_gguf), "--prompts",
+                        str(tmp_path / "clean.jsonl"), "--max-new", "6", "--layers", "1", "--n-parallel", "2",
+                        "--threads", "1", "--host-threads", "2", "-o", str(tmp_path / "cache"), "--quiet"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    from ppow.train.cache import Cache  # the torch side reads what the torch-free side wrote
+
+    cache = Cache(str(tmp_path / "cache"))
+    assert len(cache.seq_start) == len(UNRELATED)
+    assert cache.hidden.dtype.itemsize == 2 and cache.hidden.shape[1] == 1

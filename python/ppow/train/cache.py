@@ -27,33 +27,9 @@ from ppow.prompt_files import tail_ids
 
 from .data import SEED_WORDS
 
-META = "meta.json"
+from .cache_files import META, TargetMismatch, finished_shards, shard_name  # noqa: F401 (re-exported)
+
 FORMAT_VERSION = 1
-
-
-class TargetMismatch(ValueError):
-    pass
-
-
-def shard_name(i):
-    return f"shard_{i:05d}"
-
-
-def finished_shards(out_dir, remove_tmp=False):
-    """(number, side json) of every completely written shard of an engine cache (datagen.py writes the
-    .safetensors, then the .json); remove_tmp (a writer resuming) deletes the temporary files a killed
-    run left."""
-    done = []
-    for name in sorted(os.listdir(out_dir)):
-        if name.endswith(".tmp"):
-            if remove_tmp:
-                os.remove(os.path.join(out_dir, name))
-        elif name.startswith("shard_") and name.endswith(".json"):
-            st = os.path.join(out_dir, name[:-5] + ".safetensors")
-            if os.path.exists(st):
-                with open(os.path.join(out_dir, name)) as f:
-                    done.append((int(name[6:11]), json.load(f)))
-    return done
 
 
 def check_target(meta, expect_sha256, what="cache"):

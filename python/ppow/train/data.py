@@ -8,7 +8,6 @@ position, the target's greedy next token and its top-k next-token probabilities.
 - TorchTarget: any callable ids[1,T] -> logits[1,T,V] (tests build tiny synthetic targets with it).
 """
 
-import hashlib
 import os
 
 import numpy as np
@@ -17,30 +16,13 @@ import torch
 from ppow.llamacpp_params import model_params
 from ppow.prompt_files import read_prompts  # noqa: F401 (the data and eval stages read prompts from here)
 
+from .cache_files import sha256_of  # noqa: F401 (re-exported: the target identity lives with the cache files)
+
 SEED_WORDS = [
     "The", "In", "I", "A", "This", "It", "We", "You", "When", "How", "What", "Why", "There", "One", "If",
     "Here", "Question:", "Answer:", "Write", "Explain", "def", "import", "#", "1.", "-", "Once upon a time",
     "Dear", "Today", "According to", "For example,", "The following", "Let's", "My", "Our", "As",
 ]
-
-
-def sha256_of(path, chunk=1 << 22):
-    """Identity of a target: sha256 of a file, or of the (name, sha256) list of a directory's model files."""
-    if os.path.isdir(path):
-        h = hashlib.sha256()
-        for name in sorted(os.listdir(path)):
-            if name.endswith((".json", ".safetensors", ".bin", ".model", ".gguf", ".txt")):
-                h.update(name.encode())
-                h.update(sha256_of(os.path.join(path, name)).encode())
-        return h.hexdigest()
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 def topk_rows(logits, k):
@@ -156,13 +138,14 @@ class LlamaCppTarget(Target):
 
     parse_special = False
 
-    def __init__(self, path, n_ctx=1024, n_threads=None, identity=None):
+    def __init__(self, path, n_ctx=1024, n_threads=None, identity=None, n_gpu_layers=0):
         import llama_cpp
 
         self.path = path
         with model_params(False):  # no repacked/AMX weights: ppow's own kernels (and AMX crashed on a Xeon)
             self.llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, logits_all=True, verbose=False,
-                                       n_threads=n_threads or os.cpu_count(), n_batch=min(512, n_ctx))
+                                       n_threads=n_threads or os.cpu_count(), n_batch=min(512, n_ctx),
+                                       n_gpu_layers=n_gpu_layers)
         self.n_ctx = n_ctx
         self.identity = identity or sha256_of(path)
         self.vocab_size = int(self.llm.n_vocab())

@@ -20,13 +20,11 @@ import os
 import time
 
 import numpy as np
-import torch
-from safetensors.torch import save_file
 
 from ppow.feature_layers import default_layers
 from ppow.prompt_files import tail_ids
 
-from .cache import META, TargetMismatch, finished_shards, shard_name
+from .cache_files import META, TargetMismatch, atomic_json, finished_shards, sha256_of, shard_name, write_safetensors
 
 FORMAT_VERSION = 2
 
@@ -65,45 +63,39 @@ def _check_resume(meta_path, identity, settings):
     return old
 
 
-def _atomic_json(obj, path):
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(path + ".tmp", path)
-
-
 def _write_shard(out_dir, number, records, prompts, n_layers, hidden_size):
     """records: dicts from the engine. Writes shard tensors and side info atomically."""
     cat = lambda k: np.concatenate([r[k] for r in records])  # noqa: E731
     hidden = cat("hidden_bf16") if n_layers else np.zeros((0, 0, 0), np.uint16)
     tensors = {
-        "tokens": torch.from_numpy(cat("tokens")),
-        "greedy": torch.from_numpy(cat("greedy")),
-        "topk_ids": torch.from_numpy(cat("topk_ids")),
-        "topk_probs": torch.from_numpy(cat("topk_probs")).to(torch.float16),
-        "scored": torch.from_numpy(cat("scored")),
-        "seq_len": torch.tensor([len(r["tokens"]) for r in records], dtype=torch.int32),
-        "prompt_len": torch.tensor([r["prompt_len"] for r in records], dtype=torch.int32),
+        "tokens": cat("tokens"),
+        "greedy": cat("greedy"),
+        "topk_ids": cat("topk_ids"),
+        "topk_probs": cat("topk_probs").astype(np.float16),
+        "scored": cat("scored"),
+        "seq_len": np.array([len(r["tokens"]) for r in records], dtype=np.int32),
+        "prompt_len": np.array([r["prompt_len"] for r in records], dtype=np.int32),
     }
     if n_layers:
-        tensors["hidden"] = torch.from_numpy(hidden.reshape(-1, n_layers, hidden_size)).view(torch.bfloat16)
+        tensors["hidden"] = ("BF16", hidden.reshape(-1, n_layers, hidden_size))
     path = os.path.join(out_dir, shard_name(number))
-    save_file(tensors, path + ".safetensors.tmp")
+    write_safetensors(path + ".safetensors.tmp", tensors)
     side = dict(index=[int(r["index"]) for r in records],
                 category=[prompts[int(r["index"])].get("category", "all") for r in records],
                 id=[prompts[int(r["index"])].get("id", "") for r in records],
                 stop=[r["stop"] for r in records])
     summary = dict(file=shard_name(number) + ".safetensors", sequences=len(records),
-                   positions=int(tensors["tokens"].numel()),
+                   positions=int(tensors["tokens"].size),
                    new_tokens=int(sum(len(r["tokens"]) - r["prompt_len"] for r in records)))
     # The json goes last: a shard counts as written once both files exist.
     os.replace(path + ".safetensors.tmp", path + ".safetensors")
-    _atomic_json(dict(summary=summary, **side), path + ".json")
+    atomic_json(dict(summary=summary, **side), path + ".json")
     return summary
 
 
 def build_engine_cache(target_path, out_dir, prompts, *, template="raw", max_new=64, prompt_tail=64, topk=16,
                        layers=None, n_parallel=16, threads=0, temp=0.0, seed=0, shard_size=64, identity=None,
-                       progress=True, log=print):
+                       n_gpu_layers=0, host_threads=0, progress=True, log=print):
     """Generate from `prompts` (list of {text, category, id}) with the GGUF target and cache it.
 
     Returns the summary dict `ppow-train data` prints. Resumable (see the module docstring).
@@ -112,7 +104,6 @@ def build_engine_cache(target_path, out_dir, prompts, *, template="raw", max_new
     from ppow.errors import PpowError
     from ppow.templates import parse_special
 
-    from .data import sha256_of
 
     if n_parallel < 1 or n_parallel > 256:
         raise ValueError(f"--n-parallel must be in [1, 256], got {n_parallel}")
@@ -127,7 +118,7 @@ def build_engine_cache(target_path, out_dir, prompts, *, template="raw", max_new
 
     ctx_per_seq = 1 + prompt_tail + max_new + 1
     mp = _core.ModelParams()
-    mp.path, mp.n_threads, mp.n_parallel = target_path, threads, n_parallel
+    mp.path, mp.n_threads, mp.n_parallel, mp.n_gpu_layers = target_path, threads, n_parallel, n_gpu_layers
     mp.n_ctx, mp.n_batch, mp.batch_invariant = n_parallel * ctx_per_seq + 256, 512, False
     try:
         gen = _core.DataGen(mp)
@@ -144,7 +135,7 @@ def build_engine_cache(target_path, out_dir, prompts, *, template="raw", max_new
                 target=dict(sha256=identity, path=os.path.abspath(target_path), vocab_size=gen.n_vocab,
                             n_layer=gen.n_layer, hidden_size=gen.n_embd, bos=gen.bos, eos=None, unk=None, pad=None),
                 shards=[])
-    _atomic_json(meta, meta_path)
+    atomic_json(meta, meta_path)
 
     done = finished_shards(out_dir, remove_tmp=True)
     done_idx = {i for _, side in done for i in side["index"]}
@@ -169,6 +160,7 @@ def build_engine_cache(target_path, out_dir, prompts, *, template="raw", max_new
         gen = _core.DataGen(mp)
     params = _core.DataGenParams()
     params.max_new, params.topk, params.temp, params.seed, params.layers = max_new, topk, temp, seed, layers
+    params.host_threads = host_threads
 
     from tqdm import tqdm
 
@@ -199,7 +191,7 @@ def build_engine_cache(target_path, out_dir, prompts, *, template="raw", max_new
     all_done = sorted(finished_shards(out_dir), key=lambda x: x[0])
     meta["shards"] = [side["summary"] for _, side in all_done]
     meta["complete"] = sum(s["sequences"] for s in meta["shards"]) == len(prompts)
-    _atomic_json(meta, meta_path)
+    atomic_json(meta, meta_path)
     new_this_run = sum(s["new_tokens"] for s in written)
     disk = sum(os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir))
     return dict(out=out_dir, engine="ppow", sequences=sum(s["sequences"] for s in meta["shards"]),

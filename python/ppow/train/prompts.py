@@ -79,7 +79,7 @@ def synthesize(target: str, raw_path: str, n: int, *, temp: float = 1.0, max_new
     from ppow import Generator, _core
     from ppow.errors import PpowError
 
-    from .data import sha256_of
+    from .cache_files import sha256_of
 
     if n < 0 or not 1 <= n_parallel <= 256 or max_new < 1 or not temp > 0:
         raise ValueError("need --n >= 0, --n-parallel in [1, 256], --max-new >= 1 and --temp > 0 "
