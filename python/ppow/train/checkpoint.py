@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from . import feature_model as FM
+from . import hf_eagle3_init
 from . import model as M
 from .vocab import load_draft_vocab, save_draft_vocab
 
@@ -104,6 +105,8 @@ def _check_weights(model, path):
 
 def drafter_kind(ckpt_dir):
     """"feature" for an EAGLE-3 feature drafter, else "standalone" (from config.json's model_type)."""
+    if hf_eagle3_init.is_hf_eagle3(ckpt_dir):  # a Hugging Face EAGLE-3 checkpoint (--init DIR)
+        return "feature"
     feature = _json(os.path.join(ckpt_dir, "config.json")).get("model_type") == FM.MODEL_TYPE
     return "feature" if feature else "standalone"
 
@@ -141,7 +144,10 @@ def load_drafter(ckpt_dir, target_vocab_size=None, device="cpu", target=None):
 
     A feature drafter also needs its target's embedding matrix: `target` (a GGUF path, or the dict of
     feature_model.read_target), else the target path recorded at training, checked by sha256.
+    A Hugging Face EAGLE-3 checkpoint dir loads too (hf_eagle3_init.py; it needs `target`).
     """
+    if hf_eagle3_init.is_hf_eagle3(ckpt_dir):
+        return hf_eagle3_init.load(ckpt_dir, _feature_target(target, {}), device)
     info = read_info(ckpt_dir)
     tvs = target_vocab_size or info.get("target_vocab_size")
     vocab = load_draft_vocab(ckpt_dir, tvs)

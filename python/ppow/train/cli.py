@@ -89,7 +89,8 @@ def build_parser():
 
     k = sub.add_parser("kd", help="stage 1: token-level distillation (the baseline)")
     add_common_train(k)
-    k.add_argument("--init", default=None, help="continue from a drafter checkpoint (fresh optimizer)")
+    k.add_argument("--init", default=None, help="continue from a drafter checkpoint (fresh optimizer), or start "
+                   "from a Hugging Face EAGLE-3 checkpoint dir (a public drafter for this target; needs --target)")
     k.add_argument("--drafter-kind", choices=["standalone", "feature"], default=None,
                    help="standalone: a small Llama over tokens (default); feature: EAGLE-3 on the target's hidden "
                         "states (llama.cpp eagle3; needs a cache with 3 feature layers and --target)")
