@@ -62,6 +62,32 @@ static nb::dict stats_dict(const Stats & s) {
     d["t_sample_ms"] = s.t_sample_ms;
     d["t_total_ms"] = s.t_total_ms;
     d["stop_reason"] = s.stop_reason;
+    d["exact"] = s.exact;
+    d["exact_reason"] = s.exact_reason;
+    return d;
+}
+
+// Where an engine's models run and whether its speculative output is exact there.
+static nb::dict backend_dict(Engine & e) {
+    nb::dict d;
+    LlamaModel & t = e.target();
+    d["gpu_devices"] = LlamaModel::gpu_devices();
+    d["n_gpu_layers"] = t.params().n_gpu_layers;
+    d["gpu_layers"] = t.gpu_layers();
+    d["n_layer"] = t.n_layer();
+    d["n_threads"] = t.n_threads();
+    d["flash_attn"] = t.params().flash_attn;
+    d["batch_invariant"] = t.params().batch_invariant;
+    d["pads_single"] = t.pads_single();
+    d["pad_rows"] = t.pad_rows();
+    d["verify_batch_max"] = e.verify_batch_max();
+    if (LlamaModel * dm = e.drafter_model()) {
+        d["drafter_n_gpu_layers"] = dm->params().n_gpu_layers;
+        d["drafter_gpu_layers"] = dm->gpu_layers();
+        d["drafter_n_threads"] = dm->n_threads();
+    }
+    d["exact"] = e.exactness().exact;
+    d["exact_reason"] = e.exactness().reason;
     return d;
 }
 
@@ -115,6 +141,7 @@ NB_MODULE(_core, m) {
         .def_rw("batch_invariant", &ModelParams::batch_invariant)
         .def_rw("flash_attn", &ModelParams::flash_attn)
         .def_rw("n_parallel", &ModelParams::n_parallel)
+        .def_rw("pad_rows", &ModelParams::pad_rows)
         .def_rw("kind", &ModelParams::kind);
 
     nb::class_<DataGenParams>(m, "DataGenParams")
@@ -269,6 +296,7 @@ NB_MODULE(_core, m) {
         .def("calibrate", &Engine::calibrate, "k_max"_a, nb::call_guard<nb::gil_scoped_release>())
         .def("cost_profile", [](Engine & e) { return e.costs().to_json(); })
         .def_prop_rw("verify_batch_max", &Engine::verify_batch_max, &Engine::set_verify_batch_max)
+        .def_prop_ro("backend", &backend_dict)
         .def_prop_ro("n_vocab", &Engine::n_vocab)
         .def_prop_ro("n_ctx", &Engine::n_ctx)
         .def_prop_ro("n_layer", &Engine::n_layer)

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 namespace ppow {
 
@@ -16,6 +17,7 @@ Engine::Engine(const ModelParams & target, const std::optional<ModelParams> & dr
         ModelParams dp = *drafter;
         dp.n_ctx = target_.n_ctx();  // the drafter follows the same history
         dp.batch_invariant = false;  // its logits only shape proposals, never the output
+        dp.pad_rows = 0;
         if (dp.kind != "auto" && dp.kind != "model" && dp.kind != "feature")
             throw Error("drafter kind must be auto, model or feature, got '" + dp.kind + "'");
         const bool feature = FeatureDrafter::is_feature_drafter(dp.path);
@@ -28,7 +30,53 @@ Engine::Engine(const ModelParams & target, const std::optional<ModelParams> & dr
         drafter_->model().set_abort_flag(&cancel_flag_);
     }
     q_dense_.resize(target_.n_vocab());
+    int vbm = target_.pad_rows() > 0 ? target_.pad_rows() : kCpuInvariantRows;
+    if (const char * env = std::getenv("PPOW_VERIFY_BATCH_MAX"); env && *env) {
+        char * end = nullptr;
+        const long v = std::strtol(env, &end, 10);
+        if (*end != '\0' || v < 1 || v > 64)
+            throw Error(std::string("PPOW_VERIFY_BATCH_MAX must be an integer in [1, 64], got '") + env + "'");
+        vbm = (int) v;
+    }
+    set_verify_batch_max(vbm);
+}
+
+void Engine::set_verify_batch_max(int n) {
+    verify_batch_max_ = std::max(1, n);
     costs_.set_chunk(verify_batch_max_);
+    exactness_ = judge_exactness();
+}
+
+Exactness Engine::judge_exactness() const {
+    // Row counts a generation decode can have: 1..verify_batch_max real rows, padded up to pad_rows.
+    const int vbm = verify_batch_max_, W = target_.pad_rows();
+    const int widest = std::max(vbm, W);
+    const std::string shape = "verify batches of up to " + std::to_string(vbm) + " rows" +
+                              (W > 0 ? ", every decode padded to at least " + std::to_string(W) + " rows" : "");
+    if (target_.gpu_layers() > 0)
+        return {false, std::to_string(target_.gpu_layers()) + " of " + std::to_string(target_.n_layer() + 1) +
+                           " target layers on " + LlamaModel::gpu_devices() + " (" + shape +
+                           "): ppow's batch-invariance rules were derived on llama.cpp's CPU backend; on this "
+                           "backend exactness is not established, so greedy speculative output may differ from "
+                           "plain greedy output"};
+    if (widest > kCpuInvariantRows)
+        return {false, "CPU backend with " + shape + ": batches of 8 or more rows take other matmul kernels "
+                       "there, whose last bits differ from smaller batches'"};
+    const bool one_row_ok = W >= 2 || target_.pads_single() || (target_.flash_attn() && target_.n_threads() == 1);
+    if (!one_row_ok)
+        return {false, std::string("CPU backend without batch-invariant one-token decodes (") +
+                           (target_.params().batch_invariant ? "" : "batch_invariant off; ") +
+                           (target_.flash_attn() ? "flash attention splits a one-query decode's KV among threads past "
+                                                   "256 cached tokens"
+                                                 : "without flash attention a one-token decode takes another attention "
+                                                   "kernel") +
+                           "), so plain steps may round differently from verify batches"};
+    std::string how = W >= 2 ? "every decode padded to " + std::to_string(W) + " rows"
+                      : target_.pads_single() ? std::string("one-token decodes padded to two rows") +
+                                                    (target_.flash_attn() ? " past 192 cached tokens" : "")
+                                              : std::string("flash attention on one thread");
+    return {true, "CPU backend, batch-invariant decoding: " + how + ", verify batches of at most " +
+                      std::to_string(vbm) + " rows, no weight repacking"};
 }
 
 std::vector<llama_token> Engine::tokenize(const std::string & text, bool add_special, bool parse_special) const {
@@ -464,6 +512,11 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
     }
     st.t_total_ms = now_ms() - t_loop;
     st.n_generated = (int) res.tokens.size();
+    // Without a verified draft every decode was a plain step: the output is plain decoding's.
+    st.exact = exactness_.exact || st.n_drafted == 0;
+    st.exact_reason = exactness_.exact || st.n_drafted > 0
+                          ? exactness_.reason
+                          : "no draft was verified, every step was a plain step (with drafts: " + exactness_.reason + ")";
     if (on_text && text.size() > emitted) on_text(text.substr(emitted));
     res.text = std::move(text);
     return res;

@@ -45,6 +45,17 @@ struct Stats {
     double t_sample_ms = 0.0;     // argmax / sampling / acceptance on the target's logits
     double t_total_ms = 0.0;      // generation loop, prompt excluded
     std::string stop_reason;      // eos | length | stop | context | cancelled
+    // Whether this output is token-identical to plain greedy decoding of the same target here (the
+    // greedy promise; sampled output keeps the target's distribution on the same condition), and why.
+    bool exact = true;
+    std::string exact_reason;
+};
+
+// Whether verify batches reproduce plain steps' logits bit for bit on this backend and build, by
+// the rules ppow knows (derived on llama.cpp's CPU backend), and why (or why not).
+struct Exactness {
+    bool exact = false;
+    std::string reason;
 };
 
 struct Result {
@@ -86,14 +97,14 @@ public:
     // Measure target verify cost per batch size (and drafter cost per token) on this machine.
     void calibrate(int k_max);
     CostModel & costs() { return costs_; }
-    void set_verify_batch_max(int n) {
-        verify_batch_max_ = n < 1 ? 1 : n;
-        costs_.set_chunk(verify_batch_max_);
-    }
+    void set_verify_batch_max(int n);
     int verify_batch_max() const { return verify_batch_max_; }
+    // Exactness of speculative output on this backend with the current settings.
+    const Exactness & exactness() const { return exactness_; }
 
     bool has_drafter() const { return drafter_ != nullptr; }
     const Drafter * drafter() const { return drafter_.get(); }
+    LlamaModel * drafter_model() { return drafter_ ? &drafter_->model() : nullptr; }
     LlamaModel & target() { return target_; }
     int n_vocab() const { return target_.n_vocab(); }
     int n_ctx() const { return target_.n_ctx(); }
@@ -129,7 +140,11 @@ private:
     // Largest verify batch whose logits match single-token decoding bit for bit on llama.cpp's CPU
     // backend (measured: batches of >= 8 take other matmul kernels and drift in the last bits,
     // which flips near-tied argmaxes). Larger windows are verified in chunks of this size.
-    int verify_batch_max_ = 7;
+    // PPOW_VERIFY_BATCH_MAX overrides it (default: 7, or the target's pad_rows when that is set).
+    static constexpr int kCpuInvariantRows = 7;
+    int verify_batch_max_ = kCpuInvariantRows;
+    Exactness exactness_;
+    Exactness judge_exactness() const;
 };
 
 }  // namespace ppow

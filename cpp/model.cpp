@@ -77,7 +77,29 @@ static bool abort_cb(void * data) {
 // ggml's own dot products. There every one-token decode is padded.
 static constexpr int kPadSingleFrom = 192;
 
-LlamaModel::LlamaModel(const ModelParams & p) : path_(p.path) {
+std::string LlamaModel::gpu_devices() {
+    std::string names;
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+        const auto type = ggml_backend_dev_type(dev);
+        if (type != GGML_BACKEND_DEVICE_TYPE_GPU && type != GGML_BACKEND_DEVICE_TYPE_IGPU) continue;
+        names += (names.empty() ? "" : ", ") + std::string(ggml_backend_dev_name(dev));
+    }
+    return names;
+}
+
+// ModelParams::pad_rows, -1 resolved from PPOW_PAD_ROWS (the GPU check flips it without code changes).
+static int resolve_pad_rows(int asked) {
+    if (asked >= 0) return asked;
+    const char * env = std::getenv("PPOW_PAD_ROWS");
+    if (!env || !*env) return 0;
+    char * end = nullptr;
+    const long v = std::strtol(env, &end, 10);
+    if (*end != '\0' || v < 0 || v > 64) throw Error(std::string("PPOW_PAD_ROWS must be an integer in [0, 64], got '") + env + "'");
+    return (int) v;
+}
+
+LlamaModel::LlamaModel(const ModelParams & p) : path_(p.path), params_(p) {
     install_log_capture();
     check_gguf(p.path);  // a malformed file must not reach llama.cpp, whose loader can abort on one
     if (p.n_ctx < 0) throw Error("n_ctx must be >= 0");
@@ -85,6 +107,8 @@ LlamaModel::LlamaModel(const ModelParams & p) : path_(p.path) {
     if (p.n_parallel < 1 || p.n_parallel > 256) throw Error("n_parallel must be in [1, 256]");
     if (p.flash_attn != "auto" && p.flash_attn != "on" && p.flash_attn != "off")
         throw Error("flash_attn must be auto, on or off (got '" + p.flash_attn + "')");
+    if (p.pad_rows > 64) throw Error("pad_rows must be in [0, 64] (or -1: from PPOW_PAD_ROWS)");
+    params_.pad_rows = resolve_pad_rows(p.pad_rows);
     {
         std::lock_guard<std::mutex> lock(g_log_mutex);
         g_last_error.clear();
@@ -107,16 +131,25 @@ LlamaModel::LlamaModel(const ModelParams & p) : path_(p.path) {
     capture_ = std::make_unique<FeatureCapture>(llama_model_n_layer(model_), llama_model_n_embd(model_));
 
     const int n_threads = p.n_threads > 0 ? p.n_threads : (int) std::max(1u, std::thread::hardware_concurrency());
-    llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = p.n_ctx;
-    cp.n_batch = p.n_batch;
-    cp.n_ubatch = p.n_batch;
-    // Sequence 1 only ever holds the padding row of a one-token decode, for the length of that
-    // decode; one unified cache keeps the whole n_ctx for sequence 0. ("auto" is on for a CPU.)
+    n_threads_ = n_threads;
+    // llama.cpp offloads up to n_layer + 1 layers (the output layer counts) where a GPU device exists.
+    gpu_layers_ = gpu_devices().empty() ? 0 : std::min(mp.n_gpu_layers, llama_model_n_layer(model_) + 1);
+    // Sequence 1 only ever holds the padding rows of a decode, for the length of that decode; one
+    // unified cache keeps the whole n_ctx for sequence 0. ("auto" is on for a CPU.)
     const bool flash = p.flash_attn != "off";
-    pad_single_ = p.batch_invariant && mp.n_gpu_layers == 0 && p.n_parallel == 1 && (n_threads > 1 || !flash);
+    flash_ = flash;
+    pad_rows_ = p.n_parallel == 1 ? params_.pad_rows : 0;
+    // The CPU's rule (derived there, see kPadSingleFrom): it needs every layer on the CPU.
+    pad_single_ = p.batch_invariant && gpu_layers_ == 0 && p.n_parallel == 1 && (n_threads > 1 || !flash);
     pad_from_ = flash ? kPadSingleFrom : 0;
-    cp.n_seq_max = p.n_parallel > 1 ? p.n_parallel : pad_single_ ? 2 : 1;
+    const int pad_width = std::max(pad_rows_, pad_single_ ? 2 : 0);
+    llama_context_params cp = llama_context_default_params();
+    // Room for the padding rows beside a full sequence 0, so padding never stops near the end.
+    const int n_ctx_want = p.n_ctx > 0 ? p.n_ctx : (int) llama_model_n_ctx_train(model_);
+    cp.n_ctx = n_ctx_want + pad_width;
+    cp.n_batch = std::max(p.n_batch, pad_width);
+    cp.n_ubatch = cp.n_batch;
+    cp.n_seq_max = p.n_parallel > 1 ? p.n_parallel : pad_width > 0 ? 2 : 1;
     cp.kv_unified = true;
     cp.n_threads = n_threads;
     cp.n_threads_batch = n_threads;
@@ -138,10 +171,9 @@ LlamaModel::LlamaModel(const ModelParams & p) : path_(p.path) {
         throw Error("failed to create a context for " + p.path + (why.empty() ? "" : ": " + why));
     }
     // llama.cpp pads the context up (to 256); the caller's figure stays the limit we enforce.
-    n_ctx_ = (int) llama_n_ctx(ctx_);
-    if (p.n_ctx > 0) n_ctx_ = std::min(n_ctx_, p.n_ctx);
-    n_batch_ = (int) llama_n_batch(ctx_);
-    batch_ = llama_batch_init(n_batch_ + 1, 0, 1);
+    n_ctx_ = std::min((int) llama_n_ctx(ctx_), n_ctx_want);
+    n_batch_ = p.n_batch;
+    batch_ = llama_batch_init(std::max(n_batch_, std::max(pad_rows_, 2)) + 1, 0, 1);
 }
 
 LlamaModel::~LlamaModel() {
@@ -172,16 +204,28 @@ double LlamaModel::decode(const llama_token * tokens, int n, int n_logits) {
             batch_.logits[i] = j >= n - n_logits;
             outputs += batch_.logits[i];
         }
-        const bool pad = pad_single_ && m == 1 && (int) cached_.size() >= pad_from_ &&
-                         (int) cached_.size() + 2 <= (int) llama_n_ctx(ctx_);
-        if (pad) {
-            batch_.token[1] = tokens[start];
-            batch_.pos[1] = 0;
-            batch_.n_seq_id[1] = 1;
-            batch_.seq_id[1][0] = 1;
-            batch_.logits[1] = false;
-            batch_.n_tokens = 2;
+        // Throw-away rows in sequence 1 (masked out of sequence 0's attention), after the real rows:
+        // a fixed width with output rows (pad_rows), or the CPU rule's one row without logits.
+        const int cached = (int) cached_.size();
+        int width = 0;
+        bool pad_out = false;
+        if (pad_rows_ > m) {
+            width = pad_rows_;
+            pad_out = true;
+        } else if (pad_single_ && m == 1 && cached >= pad_from_) {
+            width = 2;
         }
+        if (width > m && cached + width <= (int) llama_n_ctx(ctx_)) {
+            for (int i = m; i < width; ++i) {
+                batch_.token[i] = tokens[start];
+                batch_.pos[i] = i - m;
+                batch_.n_seq_id[i] = 1;
+                batch_.seq_id[i][0] = 1;
+                batch_.logits[i] = pad_out;
+            }
+            batch_.n_tokens = width;
+        }
+        const bool pad = batch_.n_tokens > m;
         if (capture_->active()) capture_->begin_ubatch(m, outputs);
         const int rc = llama_decode(ctx_, batch_);
         if (pad) llama_memory_seq_rm(mem, 1, -1, -1);
@@ -193,15 +237,15 @@ double LlamaModel::decode(const llama_token * tokens, int n, int n_logits) {
                                  (last_llama_error().empty() ? "" : ": " + last_llama_error()));
         cached_.insert(cached_.end(), tokens + start, tokens + start + m);
         if (capture_->active()) capture_->end_ubatch();
-        n_out_last_ = outputs;
+        first_out_ = m - outputs;  // the requested rows are the chunk's last ones
     }
     llama_synchronize(ctx_);
     return now_ms() - t0;
 }
 
 const float * LlamaModel::logits(int i) const {
-    // llama_get_logits_ith takes a batch index; negative indices count outputs from the end.
-    return llama_get_logits_ith(ctx_, i - n_out_last_);
+    // llama_get_logits_ith takes a batch index (padding rows, outputs or not, come after).
+    return llama_get_logits_ith(ctx_, first_out_ + i);
 }
 
 void LlamaModel::truncate(int n) {

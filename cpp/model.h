@@ -33,6 +33,12 @@ struct ModelParams {
     // Sequences the context holds at once (one unified KV cache): > 1 only for batched data
     // generation, where sequence ids 0..n_parallel-1 are driven directly through ctx().
     int n_parallel = 1;
+    // Fixed-width decoding on any backend: every decode of fewer rows than this in sequence 0 gets
+    // throw-away rows in sequence 1 up to this width, and they are output rows too (so the last
+    // layer and the lm head see the same number of rows as well). With verify_batch_max <= pad_rows
+    // every generation decode has exactly pad_rows rows. 0: off (the CPU's own rule above still
+    // pads one-token decodes); -1: from the environment variable PPOW_PAD_ROWS, else 0.
+    int pad_rows = -1;
     // Drafters only: "auto" (from the file: eagle3 GGUFs are feature drafters), "model" or "feature".
     std::string kind = "auto";
     // A feature drafter's context borrows the target's token embeddings (llama.cpp's ctx_other).
@@ -57,6 +63,16 @@ public:
     int n_ctx() const { return n_ctx_; }
     int n_batch() const { return n_batch_; }
     const std::string & path() const { return path_; }
+    // What the model was loaded with (pad_rows resolved from the environment).
+    const ModelParams & params() const { return params_; }
+    // Layers llama.cpp offloaded to a GPU: 0 when no GPU device is present, whatever n_gpu_layers asked.
+    int gpu_layers() const { return gpu_layers_; }
+    // Names of the GPU devices this build sees ("" when none).
+    static std::string gpu_devices();
+    int n_threads() const { return n_threads_; }
+    bool flash_attn() const { return flash_; }
+    bool pads_single() const { return pad_single_; }
+    int pad_rows() const { return pad_rows_; }
     int n_layer() const { return llama_model_n_layer(model_); }
     int n_embd() const { return llama_model_n_embd(model_); }
     // Hidden-state capture on every decode of this context (inactive until layers are set).
@@ -80,15 +96,19 @@ public:
 
 private:
     std::string path_;
+    ModelParams params_;
     llama_model * model_ = nullptr;
     llama_context * ctx_ = nullptr;
     const llama_vocab * vocab_ = nullptr;
     std::unique_ptr<FeatureCapture> capture_;  // outlives ctx_, whose eval callback points at it
     llama_batch batch_{};
     int n_vocab_ = 0, n_ctx_ = 0, n_batch_ = 0;
-    int n_out_last_ = 0;
     bool pad_single_ = false;
     int pad_from_ = 0;  // cached tokens from which one-token decodes are padded
+    int pad_rows_ = 0;  // fixed decode width (ModelParams::pad_rows), 0: off
+    int gpu_layers_ = 0, n_threads_ = 1;
+    bool flash_ = true;
+    int first_out_ = 0;  // batch index of the first requested output row of the last decode
     std::vector<llama_token> cached_;
 };
 

@@ -45,6 +45,10 @@ class Stats:
     t_sample_ms: float
     t_total_ms: float
     stop_reason: str
+    # True where this output is token-identical to plain greedy decoding of the same target on this
+    # backend (by the engine's batch-invariance rules, or because no draft was verified); why, or why not.
+    exact: bool = True
+    exact_reason: str = ""
 
     @property
     def tau(self) -> float:
@@ -124,9 +128,19 @@ class Generator:
 
     Generator(target, drafter=None, n_ctx=4096, n_batch=512, n_threads=0, n_gpu_layers=0,
               n_gpu_layers_draft=None, n_threads_draft=None, batch_invariant=True, flash_attn="auto",
-              drafter_kind="auto", **generation_defaults)
+              drafter_kind="auto", pad_rows=None, verify_batch_max=None, **generation_defaults)
 
     n_threads_draft: threads of the drafter's forward passes (None: n_threads).
+
+    n_gpu_layers / n_gpu_layers_draft: layers on the GPU (-1: all; the drafter's default: the
+    target's). Greedy speculative output is exact by construction on the CPU; with any target layer
+    on a GPU it is not established (Generator.exact, Generation.stats.exact say which, and why).
+
+    pad_rows, verify_batch_max: experiments for other backends (docs/gpu.md). pad_rows=W pads every
+    target decode of fewer than W rows to W rows (throw-away rows in a second sequence, with logits),
+    so every decode takes the same kernels; verify_batch_max caps the rows of one verify batch
+    (default 7, the CPU's batch-invariant limit, or W with pad_rows). None: the environment
+    variables PPOW_PAD_ROWS / PPOW_VERIFY_BATCH_MAX, else those defaults.
 
     drafter: a GGUF language model sharing the target's vocabulary (kind 'model'), or an EAGLE-3
     drafter in llama.cpp's eagle3 format that reads the target's hidden states (kind 'feature');
@@ -153,7 +167,7 @@ class Generator:
     def __init__(self, target, drafter=None, *, n_ctx: int = 4096, n_batch: int = 512, n_threads: int = 0,
                  n_gpu_layers: int = 0, n_gpu_layers_draft: int | None = None, n_threads_draft: int | None = None,
                  batch_invariant: bool = True, flash_attn: str = "auto", drafter_kind: str = "auto",
-                 **defaults):
+                 pad_rows: int | None = None, verify_batch_max: int | None = None, **defaults):
         from ppow import _core
 
         unknown = set(defaults) - set(_GEN_KEYS)
@@ -163,6 +177,12 @@ class Generator:
                          ("n_threads_draft", n_threads if n_threads_draft is None else n_threads_draft, 0)):
             if not isinstance(v, int) or v < lo:
                 raise ValueError(f"{k} must be an integer >= {lo}, got {v!r}")
+        for k, v in (("n_gpu_layers", n_gpu_layers), ("n_gpu_layers_draft", n_gpu_layers_draft)):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < -1):
+                raise ValueError(f"{k} must be an integer >= -1 (-1: all layers), got {v!r}")
+        for k, v, lo in (("pad_rows", pad_rows, 0), ("verify_batch_max", verify_batch_max, 1)):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= 64):
+                raise ValueError(f"{k} must be an integer in [{lo}, 64], got {v!r}")
         self._defaults = {**_GEN_DEFAULTS, **defaults}
         _check_gen_params(self._defaults)
 
@@ -176,6 +196,7 @@ class Generator:
             raise ValueError(f"flash_attn must be 'auto', 'on' or 'off', got {flash_attn!r}")
         tp = model_params(_check_file(target, "target"), n_gpu_layers)
         tp.flash_attn = flash_attn
+        tp.pad_rows = -1 if pad_rows is None else pad_rows  # -1: PPOW_PAD_ROWS or 0
         dp = None
         if drafter is not None:
             ngld = n_gpu_layers if n_gpu_layers_draft is None else n_gpu_layers_draft
@@ -189,6 +210,8 @@ class Generator:
             self._engine = _core.Engine(tp, dp)
         except _core.EngineError as e:
             raise PpowError(str(e)) from None
+        if verify_batch_max is not None:
+            self._engine.verify_batch_max = verify_batch_max
         self._lock = threading.Lock()
         self.target_path, self.drafter_path = tp.path, (dp.path if dp else None)
 
@@ -226,6 +249,30 @@ class Generator:
     @property
     def n_ctx(self) -> int:
         return self._live.n_ctx
+
+    @property
+    def backend(self) -> dict:
+        """Where the models run and what that means for exactness: gpu_devices, n_gpu_layers (asked),
+        gpu_layers (offloaded: 0 without a GPU device), the drafter's (drafter_n_gpu_layers,
+        drafter_gpu_layers), n_threads, flash_attn, batch_invariant, pads_single (the CPU's one-token
+        padding), pad_rows, verify_batch_max, exact and exact_reason."""
+        return dict(self._live.backend)
+
+    @property
+    def exact(self) -> bool:
+        """Whether greedy speculative output is token-identical to plain greedy output by construction
+        on this backend with these settings (a generation that verified no draft is exact anyway:
+        Generation.stats.exact)."""
+        return bool(self._live.backend["exact"])
+
+    @property
+    def exact_reason(self) -> str:
+        return self._live.backend["exact_reason"]
+
+    @property
+    def verify_batch_max(self) -> int:
+        """Most rows of one verify batch; longer windows are verified in chunks of this size."""
+        return self._live.verify_batch_max
 
     @property
     def n_vocab(self) -> int:

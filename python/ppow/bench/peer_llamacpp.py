@@ -40,7 +40,7 @@ def read_d2t(path):
     return None if field is None else np.asarray(field.contents(), dtype=np.int64)
 
 
-def load_llama(path, n_ctx, n_threads, draft_model=None, repack=False):
+def load_llama(path, n_ctx, n_threads, draft_model=None, repack=False, n_gpu_layers=0):
     import llama_cpp
 
     # 0 means all hardware threads, as in ppow (Llama's own default for generation is half of them).
@@ -50,6 +50,7 @@ def load_llama(path, n_ctx, n_threads, draft_model=None, repack=False):
         # sizes its logits store from the argument, n_batch rows, and fails past position n_batch.
         return llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_batch=512, n_ubatch=512, n_threads=n_threads,
                                n_threads_batch=n_threads, swa_full=True, flash_attn=True, draft_model=draft_model,
+                               n_gpu_layers=n_gpu_layers,
                                logits_all=draft_model is not None, verbose=False)
 
 
@@ -83,10 +84,10 @@ class GGUFDraftModel(LlamaDraftModel):
     token d2t[i] and target tokens outside that set are fed as its unknown id (as ppow does).
     Every draft is logged as (position, tokens) so acceptance can be counted afterwards."""
 
-    def __init__(self, path, n_ctx, n_threads, n_target_vocab, k=4, repack=False):
+    def __init__(self, path, n_ctx, n_threads, n_target_vocab, k=4, repack=False, n_gpu_layers=0):
         import llama_cpp
 
-        self.llm = load_llama(path, n_ctx, n_threads, repack=repack)
+        self.llm = load_llama(path, n_ctx, n_threads, repack=repack, n_gpu_layers=n_gpu_layers)
         self.n_vocab = self.llm.n_vocab()
         reduced = self.n_vocab != n_target_vocab or KEY_UNK in self.llm.metadata
         d2t = read_d2t(path) if reduced else None

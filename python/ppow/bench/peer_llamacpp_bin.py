@@ -41,15 +41,17 @@ def spec_type(drafter_path) -> str:
 
 # How every run calls the binary, for the report's notes.
 NOTE = (f"{BINARY} --spec-type draft-eagle3|draft-simple --spec-draft-n-max k --spec-draft-n-min 0 "
-        "--spec-draft-p-min 0 --no-repack, one process per run")
+        "--spec-draft-p-min 0 --no-repack -ngl/-ngld as the bench's, one process per run")
 
 
-def speculative_simple(bin_dir, target, drafter, spec, prompt_text, n, k, threads, n_ctx) -> dict:
+def speculative_simple(bin_dir, target, drafter, spec, prompt_text, n, k, threads, n_ctx, n_gpu_layers=0,
+                       n_gpu_layers_draft=0) -> dict:
     """One greedy run of llama-speculative-simple (`spec`: spec_type(drafter)); its text, decode time
     and draft counts."""
     args = ["-m", target, "-md", drafter, "--spec-type", spec, "--spec-draft-n-max", str(k),
             "--spec-draft-n-min", "0", "--spec-draft-p-min", "0", "-n", str(n), "-t", str(threads),
-            "-td", str(threads), "--no-repack", "--temp", "0", "-c", str(n_ctx)]
+            "-td", str(threads), "--no-repack", "--temp", "0", "-c", str(n_ctx),
+            "-ngl", str(n_gpu_layers), "-ngld", str(n_gpu_layers_draft)]
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as f:
         f.write(prompt_text)
         path = f.name
@@ -74,9 +76,11 @@ class SpeculativeSimpleRunner:
     """A bench runner over the binary. `text_of` maps a prompt's token ids (as a tuple) to the text
     the binary reads; `retokenize` turns output text into target token ids for the output check."""
 
-    def __init__(self, bin_dir, target, drafter, k, n_predict, threads, n_ctx, text_of, retokenize):
+    def __init__(self, bin_dir, target, drafter, k, n_predict, threads, n_ctx, text_of, retokenize, n_gpu_layers=0,
+                 n_gpu_layers_draft=0):
         self.call = dict(bin_dir=bin_dir, target=target, drafter=drafter, spec=spec_type(drafter), n=n_predict, k=k,
-                         threads=threads, n_ctx=n_ctx)  # the drafter's kind read once, not per run
+                         threads=threads, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers,
+                         n_gpu_layers_draft=n_gpu_layers_draft)  # the drafter's kind read once, not per run
         self.text_of, self.retokenize = text_of, retokenize
 
     needs_warm_up = False  # a fresh process per run: nothing stays warm (the bench probes it once instead)

@@ -22,6 +22,7 @@ class Measure:
     accepted_at: list | None = None  # ... and had position i accepted
     stop_reason: str = ""
     n_decoded: int | None = None     # tokens the engine decoded, where `tokens` is its text re-tokenized
+    exact: bool | None = None        # ppow: the engine's own word that this output equals plain greedy's
 
     @property
     def n_generated(self) -> int:
@@ -82,4 +83,4 @@ class PpowRunner:
         s = g.stats
         return Measure(tokens=list(g.tokens), t_ms=s.t_total_ms, n_steps=s.n_steps, n_drafted=s.n_drafted,
                        n_accepted=s.n_accepted, drafted_at=list(s.drafted_at), accepted_at=list(s.accepted_at),
-                       stop_reason=s.stop_reason)
+                       stop_reason=s.stop_reason, exact=s.exact)

@@ -36,8 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-fa", "--flash-attn", choices=("auto", "on", "off"), default="auto",
                     help="the target's flash attention (as llama.cpp's -fa); off: faster deep contexts on a CPU "
                          "for many-head targets, every plain step then padded to stay exact")
-    ap.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="target layers on the GPU (-1: all)")
-    ap.add_argument("-ngld", "--n-gpu-layers-draft", type=int, default=None, help="drafter layers on the GPU")
+    ap.add_argument("-ngl", "--n-gpu-layers", type=int, default=0,
+                    help="target layers on the GPU (-1: all; default 0). Greedy output is exact by construction on "
+                         "the CPU; with target layers on a GPU it is not established, and the summary says so")
+    ap.add_argument("-ngld", "--n-gpu-layers-draft", type=int, default=None,
+                    help="drafter layers on the GPU (default: as -ngl; the drafter never changes the output)")
     ap.add_argument("--temp", type=float, default=0.0, help="0: greedy")
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--top-p", type=float, default=1.0)
@@ -52,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     ap.add_argument("--ignore-eos", action="store_true")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="also print where the models run (GPU layers, padding, verify batch size) and why the "
+                         "output is or is not exact, before generating")
     ap.add_argument("--info", action="store_true", help="print the llama.cpp build ppow links and exit")
     return ap
 
@@ -92,6 +98,17 @@ def resolve_models(model, model_draft):
     return target, model_draft
 
 
+def describe_backend(b: dict) -> str:
+    """One line: where the target and drafter run, the decode shapes, and the exactness verdict."""
+    where = f"target {b['gpu_layers']}/{b['n_layer'] + 1} layers on {b['gpu_devices']}" if b["gpu_layers"] else "target on the CPU"
+    if "drafter_gpu_layers" in b:
+        where += f", drafter {b['drafter_gpu_layers']} layers on the GPU" if b["drafter_gpu_layers"] else ", drafter on the CPU"
+    pad = f"pad_rows {b['pad_rows']}" if b["pad_rows"] else ("one-token decodes padded" if b["pads_single"] else "no padding")
+    return (f"backend: {where} (asked -ngl {b['n_gpu_layers']}); {b['n_threads']} threads, flash attention "
+            f"{b['flash_attn']}, {pad}, verify batches <= {b['verify_batch_max']} rows; "
+            f"exact: {'yes' if b['exact'] else 'not established'}: {b['exact_reason']}")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import ppow
@@ -117,6 +134,8 @@ def main(argv=None) -> int:
     except (PpowError, ValueError, OSError) as e:
         print(f"ppow-run: error: {e}", file=sys.stderr)
         return 2
+    if args.verbose:
+        print(f"ppow-run: {describe_backend(gen.backend)}", file=sys.stderr)
 
     # Generate on a worker thread so Ctrl-C reaches the main thread, which then cancels cleanly.
     box: dict = {}
@@ -153,7 +172,8 @@ def main(argv=None) -> int:
         out = {"text": res.text, "tokens": res.tokens, "n_steps": s.n_steps, "n_drafted": s.n_drafted,
                "n_accepted": s.n_accepted, "tau": s.tau, "tokens_per_second": s.tokens_per_second,
                "t_draft_ms": s.t_draft_ms, "t_verify_ms": s.t_verify_ms, "prompt_tokens": s.prompt_tokens,
-               "stats": s.as_dict(), "target": gen.target_path, "drafter": gen.drafter_path}
+               "stats": s.as_dict(), "target": gen.target_path, "drafter": gen.drafter_path,
+               "exact": s.exact, "exact_reason": s.exact_reason, "backend": gen.backend}
         print(json.dumps(out))
     else:
         s = box.get("stats") or gen.last_stats
@@ -161,7 +181,9 @@ def main(argv=None) -> int:
         print(f"ppow-run: {s.n_generated} tokens, {s.tokens_per_second:.1f} tok/s, tau {s.tau:.2f}, "
               f"drafted {s.n_drafted} accepted {s.n_accepted} ({s.acceptance_rate:.0%}), steps {s.n_steps} "
               f"(plain {s.n_plain_steps}, lookup {s.n_lookup_steps}), prompt {s.prompt_tokens} tok, "
-              f"stop: {s.stop_reason}", file=sys.stderr)
+              f"stop: {s.stop_reason}, exact: {'yes' if s.exact else 'NOT ESTABLISHED'}", file=sys.stderr)
+        if not s.exact or args.verbose:
+            print(f"ppow-run: exactness: {s.exact_reason}", file=sys.stderr)
     gen.close()
     return 130 if interrupted else 0
 

@@ -72,6 +72,8 @@ def build_parser():
     d.add_argument("--temp", type=float, default=0.0, help="engine: 0 = greedy; > 0 samples (seeded by --seed)")
     d.add_argument("--prompts", default=None, help="jsonl (text|turns) or plain text, one prompt per line")
     d.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0 = all cores; 1 on a busy machine)")
+    d.add_argument("-ngl", "--n-gpu-layers", type=int, default=0,
+                   help="engine and llama backends: target layers on the GPU (-1 = all; default 0: CPU only)")
     d.add_argument("--template", choices=sorted(TEMPLATES), default="raw",
                    help="prompt template (ppow.templates); chat: the target GGUF's own chat template")
     d.add_argument("--limit", type=int, default=None)
@@ -165,6 +167,9 @@ def build_parser():
     e.add_argument("--max-new", type=int, default=128)
     e.add_argument("--prompt-tail", type=int, default=0, help="0 = whole prompt (as much as fits n_ctx)")
     e.add_argument("--n-ctx", type=int, default=0)
+    e.add_argument("-ngl", "--n-gpu-layers", type=int, default=0,
+                   help="with --prompts: target layers on the GPU for the fresh continuations (-1 = all; default 0); "
+                        "the drafter is evaluated in PyTorch")
     e.add_argument("--work-dir", default=None, help="where fresh continuations are cached (reused if present)")
     e.add_argument("--k", default="2,4,6,8")
     e.add_argument("--ctx-len", type=int, default=None, help="drafter context (default: the training one)")
@@ -208,7 +213,7 @@ def cmd_data(args):
             path, args.out, prompts, template=args.template, max_new=args.max_new, prompt_tail=args.prompt_tail,
             topk=args.topk, layers=[] if args.layers == "none" else args.layers, n_parallel=args.n_parallel,
             threads=args.threads, temp=args.temp, seed=args.seed, shard_size=args.shard_size or 64,
-            progress=not args.quiet)
+            progress=not args.quiet, n_gpu_layers=args.n_gpu_layers)
         print(json.dumps(summary))
         return
     if args.shard_size is None:
@@ -217,7 +222,7 @@ def cmd_data(args):
         args.prompt_tail = (args.n_ctx or 2048) - args.max_new - 8
     n_ctx = args.n_ctx or (args.prompt_tail + args.max_new + 8 + (8 if args.seed_prefixes else 0))
     t0 = time.time()
-    target = load_target(path, args.backend, n_ctx=n_ctx, n_threads=args.threads or None)
+    target = load_target(path, args.backend, n_ctx=n_ctx, n_threads=args.threads or None, n_gpu_layers=args.n_gpu_layers)
     target.parse_special = parse_special(args.template)
     prompts = read_prompts(args.prompts, args.limit, args.offset, args.template, target=path) if args.prompts else None
     meta = build_cache(target, args.out, prompts, max_new=args.max_new, prompt_tail=args.prompt_tail,
@@ -384,11 +389,11 @@ def cmd_eval(args):
 
             build_engine_cache(tpath, cache_dir, prompts, template=args.template, max_new=args.max_new,
                                prompt_tail=tail, topk=1, layers=model.cfg["target_layers"], n_parallel=4,
-                               progress=not args.quiet)
+                               progress=not args.quiet, n_gpu_layers=args.n_gpu_layers)
             expect = sha256_of(tpath)
         else:
             tpath = tpath or _target_path(None)
-            target = load_target(tpath, args.backend, n_ctx=n_ctx)
+            target = load_target(tpath, args.backend, n_ctx=n_ctx, n_gpu_layers=args.n_gpu_layers)
             build_cache(target, cache_dir, prompts, max_new=args.max_new, prompt_tail=tail, topk=1,
                         shard_size=256, target_path=os.path.abspath(tpath), progress=not args.quiet)
             expect = target.identity

@@ -202,11 +202,11 @@ class LlamaCppTarget(Target):
         return toks, torch.cat(gs), torch.cat(iss), torch.cat(ps)
 
 
-def load_target(path, backend="auto", n_ctx=1024, device="cpu", n_threads=None):
+def load_target(path, backend="auto", n_ctx=1024, device="cpu", n_threads=None, n_gpu_layers=0):
     if backend == "auto":
         backend = "llama" if (os.path.isfile(path) and path.endswith(".gguf")) else "torch"
     if backend == "llama":
-        return LlamaCppTarget(path, n_ctx=n_ctx, n_threads=n_threads)
+        return LlamaCppTarget(path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
     if backend == "torch":
         return HFTarget(path, device=device)
     raise ValueError(f"unknown target backend {backend!r}")
