@@ -442,13 +442,15 @@ def test_ppow_beats_continued_kd_on_planted_hard_positions(work):
     """PPOW from the KD drafter raises held-out tau by >= 0.5 over it and beats KD continued for the same
     number of steps. Candidate selection is off here (--window-keep 1.0; adaptive k stays on): on this
     target the confidence-weighted score prefers mode-B windows (target max-prob 0.92 vs 0.36), which biases
-    the update toward Y_m - measured: the default keep 0.25 ends at the KD drafter's tau."""
+    the update toward Y_m - measured: the default keep 0.25 ends at the KD drafter's tau. The sampled
+    estimator: the expected one (tests/test_ppow_expected.py) ends at continued KD's tau on this task
+    (python/ppow/train/README.md, "the expected estimator")."""
     d = work["dir"]
     steps = "60"
     cli.run(["kd", "--cache", str(d / "train"), "-o", str(d / "kd_more"), "--init", work["kd"], "--steps", steps,
               "--batch-size", "128", "--lr", "1e-2", "--warmup", "5", *COMMON])
     cli.run(["ppow", "--cache", str(d / "train"), "-o", str(d / "ppow"), "--init", work["kd"], "--steps", steps,
-              "--window-keep", "1.0", *PPOW_ARGS, *COMMON])
+              "--window-keep", "1.0", "--estimator", "sampled", "--anchor", "reference", *PPOW_ARGS, *COMMON])
     t_kd = tau(work["kd"], work["heldout"])
     t_more = tau(str(d / "kd_more" / "final"), work["heldout"])
     t_ppow = tau(str(d / "ppow" / "final"), work["heldout"])

@@ -122,9 +122,25 @@ def build_parser():
 
     p = sub.add_parser("ppow", help="stage 2: PPOW window-level policy optimisation")
     add_common_train(p)
-    p.add_argument("--init", required=True, help="the stage-1 (KD) drafter; also the KL reference")
-    p.add_argument("--windows", type=int, default=16, help="windows per step (after selection)")
-    p.add_argument("--group-size", type=int, default=8, help="sampled windows per start position (G)")
+    p.add_argument("--init", required=True, help="the stage-1 (KD) drafter (and the --anchor reference one)")
+    p.add_argument("--estimator", choices=["expected", "sampled"], default="expected",
+                   help="expected: the window rewards' exact expectation under the drafter's sampling, for every "
+                        "window start of --chunks chunks from one teacher-forced pass (python/ppow/train/"
+                        "expected.py); sampled: groups of sampled windows, GRPO advantages, PPO clip (the paper's form)")
+    p.add_argument("--anchor", choices=["target", "reference"], default="target",
+                   help="target: --kl-coef x KL(target's cached top-k || drafter) on the windows' positions; "
+                        "reference: --kl-coef x KL(drafter || the frozen --init drafter)")
+    p.add_argument("--chunks", type=int, default=0,
+                   help="expected: chunks per step, every window start in them (0: about 1,024 window starts; "
+                        "8 chunks of 128 for a feature drafter)")
+    p.add_argument("--chunk-len", type=int, default=128,
+                   help="expected: chunk length (feature: the whole sequence when it fits; standalone: at most "
+                        "--ctx-len + the window, so no window sees more than --ctx-len tokens of context)")
+    p.add_argument("--prox-grad", choices=["full", "score"], default="full",
+                   help="expected: full = the exact gradient of E[proximity reward]; score = its score-function "
+                        "part only (the reward held fixed, as the sampled estimator treats it)")
+    p.add_argument("--windows", type=int, default=16, help="sampled: windows per step (after selection)")
+    p.add_argument("--group-size", type=int, default=8, help="sampled: sampled windows per start position (G)")
     p.add_argument("--k", type=int, default=6, help="fixed window length (without adaptive windowing)")
     p.add_argument("--k-min", type=int, default=2)
     p.add_argument("--k-max", type=int, default=8)
@@ -136,12 +152,14 @@ def build_parser():
     p.add_argument("--no-proximity", dest="proximity", action="store_false")
     p.add_argument("--speedup-coef", type=float, default=1.0)
     p.add_argument("--proximity-coef", type=float, default=0.5)
-    p.add_argument("--adv-norm", choices=["std", "none"], default="std")
+    p.add_argument("--adv-norm", choices=["std", "none"], default="std",
+                   help="std: group-normalised advantages (sampled); each window's expected reward divided by its "
+                        "reward's standard deviation under the drafter's sampling, GRPO's infinite-group limit (expected)")
     p.add_argument("--pg-positions", choices=["decisive", "window"], default="decisive")
     p.add_argument("--clip", type=float, default=0.2, help="PPO ratio clip (0 = off)")
-    p.add_argument("--kl-coef", type=float, default=0.02, help="KL(pi || KD drafter) penalty")
-    p.add_argument("--kd-coef", type=float, default=0.0, help="optional teacher-forced CE anchor")
-    p.add_argument("--ppo-epochs", type=int, default=2)
+    p.add_argument("--kl-coef", type=float, default=0.02, help="the anchor's coefficient (--anchor)")
+    p.add_argument("--kd-coef", type=float, default=0.0, help="optional teacher-forced CE on the target's tokens")
+    p.add_argument("--ppo-epochs", type=int, default=2, help="sampled: PPO passes over each batch of rollouts")
     p.add_argument("--temperature", type=float, default=1.0, help="rollout sampling temperature")
     p.add_argument("--exact-target", action="store_true",
                    help="run the target (--target) on every drafted window instead of using the cache")
@@ -331,10 +349,12 @@ def cmd_ppow(args, rank, world, device):
     from .drafters import check_cache
 
     check_cache(model, cache)
-    ref, _, _ = C.load_drafter(init, cache.meta["target"]["vocab_size"], target=target)
-    ref.to(device).eval()
-    for p_ in ref.parameters():
-        p_.requires_grad_(False)
+    ref = None
+    if args.anchor == "reference" and args.kl_coef > 0:  # the frozen start, only where the loss reads it
+        ref, _, _ = C.load_drafter(init, cache.meta["target"]["vocab_size"], target=target)
+        ref.to(device).eval()
+        for p_ in ref.parameters():
+            p_.requires_grad_(False)
     model.to(device)
     if args.ctx_len is None:  # the training context; a feature drafter's 0 means every entry, as at runtime
         args.ctx_len = info0.get("ctx_len", 0) if model.kind == "feature" else (info0.get("ctx_len") or 128)

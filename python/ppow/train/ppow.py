@@ -12,7 +12,12 @@ One step:
  6. update: PPO-clipped objective with per-token ratios against the rollout policy (every token of a
     window shares its window's advantage; by default only the decisive tokens — accepted prefix and first
     rejection — carry it, since later tokens did not affect the outcome), plus a KL penalty to the frozen
-    stage-1 (KD) drafter, for ppo_epochs passes over the rollouts.
+    stage-1 (KD) drafter (--anchor reference) or a KL to the target's cached top-k on the windows'
+    trajectory positions, teacher-forced (--anchor target), for ppo_epochs passes over the rollouts.
+
+That is `--estimator sampled` (the paper's GRPO/PPO form; the only one that handles --exact-target and
+sampled verification). The default `--estimator expected` (expected.py) computes the same window
+rewards in closed form for every window start of a chunk from one teacher-forced pass.
 """
 
 from dataclasses import dataclass
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from . import drafters
+from . import expected
 from . import rewards as R
 from . import windowing as W
 from .common import step_generator
@@ -180,8 +186,27 @@ def n_candidates(args):
     return max(args.windows, int(round(args.windows / args.window_keep)))
 
 
+def anchor_kl(model, cache, vocab, starts, k, args):
+    """The target anchor of the sampled estimator: KL(target's cached top-k || drafter) on the
+    trajectory positions j < k of each selected window, teacher-forced (one pass per window, not per
+    group member; on the trajectory the cached distribution is the target's)."""
+    kind = drafters.of(model)
+    K = int(k.max())
+    contexts, _, traj_in, p_ids, p = window_data(cache, vocab, starts, K, args.ctx_len, kind)
+    dev = next(model.parameters()).device
+    lq = torch.log_softmax(kind.forward_windows(model, contexts, traj_in).float(), -1)
+    in_win = torch.arange(K, device=dev)[None, :] < k.to(dev)[:, None]
+    return expected.target_kl(lq.gather(-1, p_ids.to(dev)), p.to(dev), in_win)
+
+
 def make_step_fn(model, ref, cache, vocab, args, rank=0, target=None):
     cost = cost_from_args(args)
+    if getattr(args, "estimator", "sampled") == "expected":
+        if target is not None:
+            raise ValueError("--estimator expected verifies on the cached trajectory: --exact-target needs "
+                             "--estimator sampled")
+        return expected.make_step_fn(model, ref, cache, vocab, args, cost, rank)
+    target_anchor = getattr(args, "anchor", "reference") == "target"
     K0 = args.k_max if args.adaptive_window else args.k
     all_starts = cache.window_starts(K0, continuation_only=not args.all_positions)
     if len(all_starts) == 0:
@@ -200,12 +225,17 @@ def make_step_fn(model, ref, cache, vocab, args, rank=0, target=None):
         with torch.no_grad():
             old_logits = fw(model, ro.contexts, toks)
             old_logp = torch.log_softmax(old_logits / args.temperature, -1).gather(-1, toks[..., None]).squeeze(-1)
-            ref_logits = fw(ref, ro.contexts, toks) if args.kl_coef > 0 else None
+            ref_logits = fw(ref, ro.contexts, toks) if args.kl_coef > 0 and not target_anchor else None
         metrics = {}
         for _ in range(args.ppo_epochs):
             logits = fw(tr.ddp, ro.contexts, toks)
-            loss, metrics = ppo_loss(logits, old_logp, ref_logits, toks, adv, mask, args.clip, args.kl_coef,
-                                     args.temperature)
+            loss, metrics = ppo_loss(logits, old_logp, ref_logits, toks, adv, mask, args.clip,
+                                     0.0 if target_anchor else args.kl_coef, args.temperature)
+            if target_anchor and args.kl_coef > 0:
+                kl_t = anchor_kl(tr.ddp, cache, vocab, starts, k, args)
+                loss = loss + args.kl_coef * kl_t
+                metrics["kl_target"] = kl_t.detach()
+                del metrics["kl_ref"]
             if args.kd_coef > 0:
                 # optional anchor: teacher-forced CE on the selected windows' trajectory
                 ctx = ro.contexts[:: args.group_size]

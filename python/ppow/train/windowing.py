@@ -56,8 +56,8 @@ def adaptive_k(s, k_min, k_max, mode="speedup", cost=None):
         if cost is None:
             raise ValueError("adaptive k mode 'speedup' needs a cost model")
         ks = torch.arange(k_min, k_max + 1)
-        exp_speed = torch.tensor([[cost.speedup(int(k), float(e)) for k, e in zip(ks, row[ks - 1])]
-                                  for row in ea])
+        # one column per k, the same double-precision arithmetic as cost.speedup on Python floats
+        exp_speed = torch.stack([cost.speedup(int(k), ea[:, int(k) - 1].double()) for k in ks], 1)
         return ks[exp_speed.argmax(1)]
     raise ValueError(f"unknown adaptive k mode {mode!r}")
 
