@@ -381,3 +381,18 @@ def test_expected_step_raises_the_expected_reward_of_its_windows(standalone_work
         assert float(met["reward"]) == pytest.approx(before, rel=1e-5)
         after = mean_reward()
         assert after > before * (1 + 1e-3), (norm, before, after)
+
+
+def test_packaged_h200_cost_profile(tmp_path):
+    c = R.CostModel.from_json("h200-gemma3-270m")
+    assert c.target(1) == 1.22 and c.target(9) == 2.78 and c.draft_ms == 0.22 and c.catchup_ms == 0.26
+    assert R.CostModel.from_json(R.profile_path("h200-gemma3-270m")).to_dict() == c.to_dict()
+    with pytest.raises(FileNotFoundError, match="h200-gemma3-270m"):
+        R.CostModel.from_json("no-such-profile")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"target_ms": 3}')
+    with pytest.raises(ValueError, match="needs"):
+        R.CostModel.from_json(str(bad))
+    args = _args(["--cost-profile", "h200-gemma3-270m"])
+    from ppow.train import ppow
+    assert ppow.cost_from_args(args).to_dict() == c.to_dict()

@@ -19,8 +19,24 @@ the term stays in [0, 1] whatever the window length (a choice; the paper does no
 """
 
 import json
+import os
 
 import torch
+
+PROFILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "profiles")
+
+
+def profile_path(name_or_path):
+    """A cost profile JSON: a path, or the name of one packaged in ppow/train/profiles/ (e.g.
+    "h200-gemma3-270m", measured on an H200; what a GPU user's reward should count)."""
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    packaged = os.path.join(PROFILES, os.path.basename(name_or_path).removesuffix(".json") + ".json")
+    if os.path.isfile(packaged):
+        return packaged
+    names = sorted(f[:-5] for f in os.listdir(PROFILES) if f.endswith(".json")) if os.path.isdir(PROFILES) else []
+    raise FileNotFoundError(f"no cost profile {name_or_path!r}: not a file, nor a packaged profile "
+                            f"({', '.join(names) or 'none'})")
 
 
 class CostModel:
@@ -40,8 +56,15 @@ class CostModel:
 
     @classmethod
     def from_json(cls, path):
+        """From `Generator.cost_profile()`'s JSON (a path or a packaged profile's name, profile_path)."""
+        path = profile_path(path)
         with open(path) as f:
-            d = json.load(f)
+            try:
+                d = json.load(f)
+            except ValueError as e:
+                raise ValueError(f"{path}: not a cost profile (invalid JSON: {e})") from None
+        if not isinstance(d, dict) or not isinstance(d.get("target_ms"), dict) or "draft_ms" not in d:
+            raise ValueError(f'{path}: a cost profile needs {{"target_ms": {{"1": ..}}, "draft_ms": ..}}')
         return cls(d["target_ms"], d["draft_ms"], d.get("catchup_ms"))
 
     @classmethod
