@@ -150,8 +150,8 @@ class _Block:
         if name.split('.')[0] == 'torch' or name == 'safetensors.torch':
             raise ImportError('torch is blocked in this process')
 sys.meta_path.insert(0, _Block())
-from ppow.train.cli import run
-run(sys.argv[1:])
+from ppow.train.cli import main
+sys.exit(main(sys.argv[1:]))  # the console entry point, its error handling included
 """
 
 

@@ -17,6 +17,11 @@ class TargetMismatch(ValueError):
     pass
 
 
+class NonFiniteError(RuntimeError):
+    """A training step produced NaN/inf (common.py raises it; defined here so the CLI can catch it
+    without importing torch)."""
+
+
 def shard_name(i):
     return f"shard_{i:05d}"
 

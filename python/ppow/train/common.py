@@ -7,9 +7,7 @@ import time
 
 import torch
 
-
-class NonFiniteError(RuntimeError):
-    pass
+from .cache_files import NonFiniteError  # noqa: F401 (raised here; defined torch-free for the CLI)
 
 
 def check_finite(step, **values):
