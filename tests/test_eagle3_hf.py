@@ -31,7 +31,7 @@ from ppow.train import checkpoint as C
 from ppow.train import feature_model as FM
 from ppow.train.vocab import DraftVocab, IdentityVocab
 from ppow_convert import cli as convert_cli
-from ppow_convert import convert_drafter
+from ppow_convert import ConvertError, convert_drafter
 from ppow_convert.hf_eagle3 import export_hf_eagle3, import_hf_eagle3, read_hf_eagle3
 from ppow_convert.safetensors_io import read_dir, read_file, write_file
 from ppow_convert.target_info import TargetInfo
@@ -379,7 +379,7 @@ def test_import_accepts_the_targets_own_embedding_and_output_layer_ids(reduced_h
     _edit(str(hf), config=lambda c: [c.update(eagle_aux_hidden_state_layer_ids=[-1, 0, 0]), c.pop("eagle_config")],
           tensors=lambda sd: sd.update({"embed_tokens.weight": target.embed_rows(np.arange(512)) * 0.5}))
     assert read_hf_eagle3(str(hf), target, layer_ids="outputs").cfg["target_layers"] == LAYERS
-    with pytest.raises(Exception, match=r"auxiliary layers \[-1, 0, 0\]"):
+    with pytest.raises(ConvertError, match=r"auxiliary layers \[-1, 0, 0\]"):
         read_hf_eagle3(str(hf), target)
 
 
