@@ -392,6 +392,9 @@ def test_export_refusals(tiny_drafter_hf_dir, reduced_hf, tiny_target_gguf, tmp_
     assert_refused(capsys, out, ["drafter", src, "--to", "hf", "--embed-tokens", "-o", out / "hf"], "pass --target")
     assert_refused(capsys, out, ["drafter", tiny_target_gguf, "--to", "hf", "-o", out / "hf"],
                    "a 'llama' GGUF, not an eagle3 feature drafter")
+    with pytest.raises(SystemExit) as e:  # a GGUF needs its target; argparse's usage error
+        convert_cli.main(["drafter", src, "-o", str(out / "d.gguf")])
+    assert e.value.code == 2 and "--target" in capsys.readouterr().err
     (out / "full").mkdir()
     (out / "full" / "x").write_text("x")
     assert_refused(capsys, out, ["drafter", src, "--to", "hf", "-o", out / "full"], "is not an empty directory")
