@@ -6,6 +6,7 @@
 #include <ggml-backend.h>
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/function.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
@@ -60,6 +61,9 @@ static nb::dict stats_dict(const Stats & s) {
     d["n_draft_catchup"] = s.n_catchup;
     d["t_verify_ms"] = s.t_verify_ms;
     d["t_sample_ms"] = s.t_sample_ms;
+    d["t_calibrate_ms"] = s.t_calibrate_ms;
+    d["n_calibrations"] = s.n_calibrations;
+    d["n_capture_steps"] = s.n_capture_steps;
     d["t_total_ms"] = s.t_total_ms;
     d["stop_reason"] = s.stop_reason;
     d["exact"] = s.exact;
@@ -80,6 +84,7 @@ static nb::dict backend_dict(Engine & e) {
     d["batch_invariant"] = t.params().batch_invariant;
     d["pads_single"] = t.pads_single();
     d["pad_rows"] = t.pad_rows();
+    d["float_matrices"] = t.float_matrices();
     d["verify_batch_max"] = e.verify_batch_max();
     if (LlamaModel * dm = e.drafter_model()) {
         d["drafter_n_gpu_layers"] = dm->params().n_gpu_layers;
@@ -203,6 +208,31 @@ NB_MODULE(_core, m) {
                 return out;
             },
             "text"_a, "add_special"_a = true);
+
+    // The auto policy's cost model on its own, with timings from Python: unit tests of calibration
+    // (warm-up, medians) and drift.
+    nb::class_<CostModel>(m, "CostModel")
+        .def(nb::init<>())
+        .def("calibrate",
+             [](CostModel & c, const std::vector<int> & sizes, nb::callable measure, nb::object draft_step,
+                nb::object catchup) {
+                 std::function<double()> step, cu;
+                 if (!draft_step.is_none()) step = [draft_step] { return nb::cast<double>(draft_step()); };
+                 if (!catchup.is_none()) cu = [catchup] { return nb::cast<double>(catchup()); };
+                 c.calibrate(sizes, [measure](int n) { return nb::cast<double>(measure(n)); }, step, cu);
+             },
+             "sizes"_a, "measure"_a, "draft_step"_a = nb::none(), "catchup"_a = nb::none())
+        .def("observe_verify", &CostModel::observe_verify, "n"_a, "ms"_a)
+        .def("observe_draft_token", &CostModel::observe_draft_token, "ms"_a)
+        .def("observe_catchup", &CostModel::observe_catchup, "ms"_a)
+        .def("verify_ms", &CostModel::verify_ms, "n"_a)
+        .def_prop_ro("draft_ms", &CostModel::draft_ms)
+        .def_prop_ro("catchup_ms", &CostModel::catchup_ms)
+        .def_prop_ro("calibrated", &CostModel::calibrated)
+        .def_prop_ro("drifted", &CostModel::drifted)
+        .def_prop_ro("n_calibrations", &CostModel::n_calibrations)
+        .def("begin_generation", &CostModel::begin_generation)
+        .def("to_json", &CostModel::to_json);
 
     nb::enum_<DraftPolicy>(m, "DraftPolicy").value("fixed", DraftPolicy::Fixed).value("auto", DraftPolicy::Auto);
 

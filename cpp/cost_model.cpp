@@ -3,10 +3,84 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 
 namespace ppow {
 
-static constexpr double kEma = 0.1;  // weight of a new timing in the moving averages
+void RecentMedian::push(double v) {
+    if ((int) v_.size() < cap_) v_.push_back(v);
+    else v_[next_] = v;
+    next_ = (next_ + 1) % cap_;
+}
+
+double RecentMedian::median() const {
+    if (v_.empty()) return 0.0;
+    std::vector<double> s(v_);
+    std::sort(s.begin(), s.end());
+    const size_t h = s.size() / 2;
+    return s.size() % 2 ? s[h] : 0.5 * (s[h - 1] + s[h]);
+}
+
+double MeasuredCost::value() const {
+    if (recent.size() >= kTrustRecent || (!cal_known && recent.size() > 0)) return recent.median();
+    return cal;
+}
+
+bool MeasuredCost::drifted() const {
+    if (!cal_known || !recent.full() || cal <= 0.0) return false;
+    const double r = recent.median() / cal;
+    return r > kDrift || r < 1.0 / kDrift;
+}
+
+static double median_of(const std::function<double()> & run, int warmup, int reps) {
+    for (int i = 0; i < warmup; ++i) run();
+    std::vector<double> t;
+    for (int i = 0; i < reps; ++i) {
+        const double ms = run();
+        if (ms > 0.0) t.push_back(ms);
+    }
+    if (t.empty()) return 0.0;
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+}
+
+void CostModel::calibrate(const std::vector<int> & sizes, const std::function<double(int)> & measure,
+                          const std::function<double()> & draft_step, const std::function<double()> & catchup) {
+    for (int n : sizes) {
+        if (measure(n) <= 0.0) continue;  // the first warm-up run also says whether n fits
+        const double ms = median_of([&] { return measure(n); }, kWarmup - 1, kReps);
+        if (ms > 0.0) set_verify_cost(n, ms);
+    }
+    if (draft_step) {
+        const double ms = median_of(draft_step, kWarmup, kReps);
+        if (ms > 0.0) td_.calibrate(ms);
+    }
+    if (catchup) {
+        const double ms = median_of(catchup, kWarmup, kReps);
+        if (ms > 0.0) tc_.calibrate(ms);
+    }
+    if (calibrated_) recalibration_gap_ = std::min(2 * recalibration_gap_, kMaxRecalibrationGap);
+    calibrated_ = true;
+    since_calibration_ = 0;
+    n_calibrations_ += 1;
+}
+
+bool CostModel::has_verify_costs() const {
+    for (const auto & c : tv_)
+        if (c.known()) return true;
+    return false;
+}
+
+bool CostModel::drifted() const {
+    for (const auto & c : tv_)
+        if (c.drifted()) return true;
+    return td_.drifted() || tc_.drifted();
+}
+
+bool CostModel::begin_generation() {
+    since_calibration_ += 1;
+    return !calibrated_ || (drifted() && since_calibration_ >= recalibration_gap_);
+}
 
 void CostModel::reset_acceptance() {
     std::fill(conf_acc_, conf_acc_ + kBuckets, 0.0);
@@ -19,32 +93,27 @@ void CostModel::reset_acceptance() {
 }
 
 void CostModel::set_verify_cost(int n, double ms) {
-    if ((int) tv_.size() <= n) {
-        tv_.resize(n + 1, 0.0);
-        tv_known_.resize(n + 1, 0);
-    }
-    tv_[n] = ms;
-    tv_known_[n] = 1;
+    if ((int) tv_.size() <= n) tv_.resize(n + 1);
+    tv_[n].calibrate(ms);
 }
 
 void CostModel::observe_verify(int n, double ms) {
-    if (n < (int) tv_.size() && tv_known_[n]) tv_[n] += kEma * (ms - tv_[n]);
-    else set_verify_cost(n, ms);
+    if ((int) tv_.size() <= n) tv_.resize(n + 1);
+    tv_[n].recent.push(ms);
 }
 
-void CostModel::observe_draft_token(double ms) {
-    td_ = td_known_ ? td_ + kEma * (ms - td_) : ms;
-    td_known_ = true;
-}
+void CostModel::observe_draft_token(double ms) { td_.recent.push(ms); }
 
-void CostModel::observe_catchup(double ms) {
-    tc_ = tc_known_ ? tc_ + kEma * (ms - tc_) : ms;
-    tc_known_ = true;
-}
+void CostModel::observe_catchup(double ms) { tc_.recent.push(ms); }
 
 double CostModel::step_ms(int k, double expected) const {
-    if (!tc_known_) return verify_ms(k + 1) + k * td_;
-    return verify_ms(k + 1) + std::max(0, k - 1) * td_ + (1.0 + expected) * tc_;
+    if (!tc_.known()) return verify_ms(k + 1) + k * draft_ms();
+    return verify_ms(k + 1) + std::max(0, k - 1) * draft_ms() + (1.0 + expected) * catchup_ms();
+}
+
+double CostModel::catchup_extra_ms(int positions) const {
+    if (positions <= 0) return 0.0;
+    return positions * (tc_.known() ? catchup_ms() : draft_ms());
 }
 
 double CostModel::verify_ms(int n) const {
@@ -54,21 +123,22 @@ double CostModel::verify_ms(int n) const {
     // Nearest measured sizes below and above n; extrapolate from the last two past the end.
     int lo = -1, hi = -1;
     for (int i = 1; i < (int) tv_.size(); ++i) {
-        if (!tv_known_[i]) continue;
+        if (!tv_known(i)) continue;
         if (i <= n) lo = i;
         if (i >= n && hi < 0) hi = i;
     }
     if (lo < 0 && hi < 0) return 0.0;
-    if (lo == n) return tv_[n];
-    if (lo < 0) return tv_[hi] * n / hi;
+    auto t = [&](int i) { return tv_[i].value(); };
+    if (lo == n) return t(n);
+    if (lo < 0) return t(hi) * n / hi;
     if (hi < 0) {
         int prev = -1;
         for (int i = lo - 1; i >= 1; --i)
-            if (tv_known_[i]) { prev = i; break; }
-        const double slope = prev < 0 ? tv_[lo] / lo : (tv_[lo] - tv_[prev]) / (lo - prev);
-        return tv_[lo] + std::max(0.0, slope) * (n - lo);
+            if (tv_known(i)) { prev = i; break; }
+        const double slope = prev < 0 ? t(lo) / lo : (t(lo) - t(prev)) / (lo - prev);
+        return t(lo) + std::max(0.0, slope) * (n - lo);
     }
-    return tv_[lo] + (tv_[hi] - tv_[lo]) * (n - lo) / (hi - lo);
+    return t(lo) + (t(hi) - t(lo)) * (n - lo) / (hi - lo);
 }
 
 static int bucket(float c) {
@@ -144,7 +214,7 @@ double CostModel::gated_gain() const {
             ms += w * step_ms(1, a);
         } else {  // the drafter ran, its window was dropped: a plain step plus one drafter pass
             tokens += w;
-            ms += w * (verify_ms(1) + (tc_known_ ? tc_ : td_));
+            ms += w * (verify_ms(1) + (tc_.known() ? catchup_ms() : draft_ms()));
         }
     }
     return tokens / std::max(1e-6, ms) * verify_ms(1);
@@ -202,17 +272,17 @@ std::string CostModel::to_json() const {
     std::string s = "{\"target_ms\": {";
     bool first = true;
     for (int n = 1; n < (int) tv_.size(); ++n) {
-        if (!tv_known_[n]) continue;
+        if (!tv_known(n)) continue;
         char buf[64];
-        std::snprintf(buf, sizeof buf, "%s\"%d\": %.4f", first ? "" : ", ", n, tv_[n]);
+        std::snprintf(buf, sizeof buf, "%s\"%d\": %.4f", first ? "" : ", ", n, tv_[n].value());
         s += buf;
         first = false;
     }
     char buf[64];
-    std::snprintf(buf, sizeof buf, "}, \"draft_ms\": %.4f", td_);
+    std::snprintf(buf, sizeof buf, "}, \"draft_ms\": %.4f", draft_ms());
     s += buf;
-    if (tc_known_) {
-        std::snprintf(buf, sizeof buf, ", \"catchup_ms\": %.4f", tc_);
+    if (tc_.known()) {
+        std::snprintf(buf, sizeof buf, ", \"catchup_ms\": %.4f", catchup_ms());
         s += buf;
     }
     return s + "}";

@@ -4,8 +4,13 @@
 // positions, k drafter forward passes) and yields 1 + E[accepted] tokens. A feature drafter also
 // takes every committed position in (its catch-up batch, whose last row is the first draft step):
 // C(k) = Tv(k+1) + (k-1)*Td + (1 + E[accepted])*Tc, Tc its cost per committed position. Plain decoding yields
-// 1 token per Tv(1). Tv is measured on this machine per batch size (calibrated once, then a moving
-// average of every verify); Td likewise. Acceptance is learned online, per drafter-confidence bucket
+// 1 token per Tv(1). Tv is measured on this machine per batch size: calibrated (untimed warm-up runs
+// per batch shape, then the median of several), then the median of the latest in-loop timings once
+// there are a few, so one cold or disturbed timing moves nothing; when in-loop timings drift from
+// the calibration the model asks to be calibrated again (at the next generation's set-up, backing
+// off while the drift persists). Td and Tc likewise. A drafter left idle while decoding went plain
+// takes the positions it missed in at its next window (bounded): that catch-up is charged to the
+// window that pays it. Acceptance is learned online, per drafter-confidence bucket
 // (for the token-by-token stop rule) and per window position (for the draft-or-not decision).
 // Each step drafts only while one more token raises expected tokens per millisecond, and drafts
 // nothing when no window beats plain decoding; rare back-off probes keep the estimates fresh.
@@ -13,28 +18,74 @@
 
 #include "lookup.h"
 
+#include <functional>
 #include <string>
 #include <vector>
 
 namespace ppow {
 
+// The median of the latest timings (a ring of `cap`).
+class RecentMedian {
+public:
+    explicit RecentMedian(int cap = 9) : cap_(cap) {}
+    void push(double v);
+    void clear() { v_.clear(), next_ = 0; }
+    int size() const { return (int) v_.size(); }
+    bool full() const { return (int) v_.size() == cap_; }
+    double median() const;  // 0 when empty
+private:
+    std::vector<double> v_;
+    int next_ = 0, cap_;
+};
+
+// One measured cost: a calibrated value and the latest in-loop timings.
+struct MeasuredCost {
+    static constexpr int kTrustRecent = 3;   // in-loop timings before they replace the calibration
+    static constexpr double kDrift = 1.3;    // in-loop median this far (either way) from the calibration: stale
+    double cal = 0.0;
+    bool cal_known = false;
+    RecentMedian recent;
+    bool known() const { return cal_known || recent.size() > 0; }
+    double value() const;
+    bool drifted() const;
+    void calibrate(double ms) { cal = ms, cal_known = true, recent.clear(); }
+};
+
 class CostModel {
 public:
     static constexpr int kBuckets = 20;
     static constexpr double kMinFirstSeen = 16;  // first-token confidences before gated_gain() speaks
+    static constexpr int kWarmup = 2, kReps = 5; // calibration: untimed runs per batch shape, then timed ones
+    static constexpr int kMaxRecalibrationGap = 64;
 
     void reset_acceptance();
-    bool has_verify_costs() const { return !tv_.empty(); }
+    bool has_verify_costs() const;
     void set_chunk(int n) { chunk_ = n; }
 
+    // Calibration. `measure(n)` times one target forward over n rows (<= 0: cannot, skip that size);
+    // each size gets kWarmup untimed runs (a new batch shape builds graphs, faults weights in) and
+    // the median of kReps timed ones. The drafter's step and per-position catch-up likewise (null:
+    // none). Replaces what in-loop timings had taught.
+    void calibrate(const std::vector<int> & sizes, const std::function<double(int)> & measure,
+                   const std::function<double()> & draft_step = nullptr,
+                   const std::function<double()> & catchup = nullptr);
+    bool calibrated() const { return calibrated_; }
+    // In-loop timings have drifted from the calibration (or none was made yet).
+    bool drifted() const;
+    // Called once per generation that uses the costs; true when it should calibrate first: never
+    // calibrated, or drifted and not calibrated for the last gap generations (the gap doubles with
+    // every recalibration, up to kMaxRecalibrationGap, so a lasting drift costs little).
+    bool begin_generation();
+    int n_calibrations() const { return n_calibrations_; }
+
     // Measured forward costs.
-    void set_verify_cost(int n, double ms);      // calibration (overwrites)
-    void observe_verify(int n, double ms);       // moving average
+    void set_verify_cost(int n, double ms);      // a calibrated value
+    void observe_verify(int n, double ms);       // an in-loop timing
     void observe_draft_token(double ms);
     void observe_catchup(double ms_per_position);
     double verify_ms(int n) const;               // n >= 1; linear inter/extrapolation
-    double draft_ms() const { return td_; }
-    double catchup_ms() const { return tc_; }
+    double draft_ms() const { return td_.value(); }
+    double catchup_ms() const { return tc_.value(); }
     // C(k) for a window of k tokens of which `expected` are expected to be accepted.
     double step_ms(int k, double expected) const;
     int max_measured() const { return (int) tv_.size() - 1; }
@@ -46,6 +97,9 @@ public:
 
     // Best window length by expected tokens/ms using per-position rates; 0 = plain decoding.
     int best_window(int k_cap, double * gain_vs_plain = nullptr) const;
+    // The one-off catch-up of `positions` committed positions a drafter has not taken in beyond the
+    // last step's (feature drafters: Tc each; token drafters batch them, about Tc each too).
+    double catchup_extra_ms(int positions) const;
     // The drafter's confidence in the first token of each window it drafted (kept or not).
     void observe_first_confidence(float confidence);
     // Tokens/ms (relative to plain) of running the drafter every step and keeping a one-token window
@@ -70,13 +124,14 @@ public:
     std::string to_json() const;  // {"target_ms": {"1": ..}, "draft_ms": ..} for the trainer
 
 private:
-    std::vector<double> tv_;   // tv_[n] = ms for a target forward over n positions (index 0 unused)
-    std::vector<int> tv_known_;
+    bool tv_known(int n) const { return n < (int) tv_.size() && tv_[n].known(); }
+
+    std::vector<MeasuredCost> tv_;  // tv_[n]: a target forward over n positions (index 0 unused)
     int chunk_ = 1 << 20;      // largest single verify batch
-    double td_ = 0.0;
-    bool td_known_ = false;
-    double tc_ = 0.0;          // feature drafters: ms per committed position taken in
-    bool tc_known_ = false;
+    MeasuredCost td_;          // one single-token draft step
+    MeasuredCost tc_;          // ms per committed position a drafter takes in (its catch-up)
+    bool calibrated_ = false;
+    int n_calibrations_ = 0, since_calibration_ = 0, recalibration_gap_ = 1;
     double conf_acc_[kBuckets] = {}, conf_n_[kBuckets] = {};
     double first_n_[kBuckets] = {}, first_total_ = 0.0;
     std::vector<double> pos_acc_, pos_n_;

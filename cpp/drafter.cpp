@@ -72,21 +72,48 @@ double ModelDrafter::time_step() {
     return ms;
 }
 
+double ModelDrafter::time_catchup(int n) {
+    const int base = (int) model_.cached().size();
+    if (n < 1 || base + n > model_.n_ctx() || n > model_.n_batch()) return 0.0;
+    const std::vector<llama_token> toks(n, 0);
+    const double ms = model_.decode(toks.data(), n, 1);
+    model_.truncate(base);
+    return ms / n;
+}
+
+int ModelDrafter::behind(int n_hist) const {
+    return std::max(1, std::min(kMaxCatchup, n_hist - synced_ + 1));
+}
+
 void ModelDrafter::draft(const DraftRequest & req, DraftResult & out, Rng & rng) {
     out.clear();
     const auto & hist = *req.history;
-    const int room = model_.n_ctx() - (int) hist.size();
+    const int n = (int) hist.size();
+    const int room = model_.n_ctx() - n;
     const int n_max = std::min(req.n_max, room);
     if (n_max <= 0 || hist.empty()) return;
 
-    // Bring the drafter's cache up to the committed history: keep the common prefix, decode the rest
-    // in one batch (at least the newest token, whose logits start the window).
-    hist_draft_.resize(hist.size());
-    for (size_t i = 0; i < hist.size(); ++i) hist_draft_[i] = to_draft(hist[i]);
-    const int keep = model_.common_prefix(hist_draft_, 1);
+    // Bring the drafter's cache up to the committed history (lazily: only when it drafts): keep the
+    // common prefix, decode the rest in one batch (at least the newest token, whose logits start the
+    // window). After a long idle run only the latest kMaxCatchup tokens enter, from an empty cache.
+    if (base_ > n) base_ = 0;
+    hist_draft_.resize(n - base_);
+    for (int i = base_; i < n; ++i) hist_draft_[i - base_] = to_draft(hist[i]);
+    int keep = model_.common_prefix(hist_draft_, 1);
+    if ((int) hist_draft_.size() - keep > kMaxCatchup || (base_ > 0 && keep == 0)) {
+        base_ = std::max(0, n - kMaxCatchup);
+        hist_draft_.resize(n - base_);
+        for (int i = base_; i < n; ++i) hist_draft_[i - base_] = to_draft(hist[i]);
+        keep = 0;
+    }
     model_.truncate(keep);
-    out.t_forward_ms += model_.decode(hist_draft_.data() + keep, (int) hist_draft_.size() - keep, 1);
+    const int m = (int) hist_draft_.size() - keep;
+    const double t_sync = model_.decode(hist_draft_.data() + keep, m, 1);
+    synced_ = n;
+    out.t_forward_ms += t_sync;
     out.n_forward += 1;
+    out.t_catchup_ms = t_sync;  // its last row is the first draft step, as a feature drafter's
+    out.n_catchup = m;
 
     const int nv = model_.n_vocab();
     const int32_t * id_map = d2t_.empty() ? nullptr : d2t_.data();

@@ -67,9 +67,12 @@ public:
         static const std::vector<int> none;
         return none;
     }
-    // Leading positions whose target features the drafter holds: a new generation may reuse no
-    // more of the target's cache than this.
-    virtual int features_through() const { return INT_MAX; }
+    // Committed positions (of a history of n_hist tokens) it would take in at its next window: its
+    // catch-up, bounded as draft() bounds it; 1 when it is in step.
+    virtual int behind(int n_hist) const { (void) n_hist; return 1; }
+    // Whether it can draft after a history of n_hist tokens now (a feature drafter needs the target's
+    // features of the newest committed position, captured only while drafting is likely).
+    virtual bool ready(int n_hist) const { (void) n_hist; return true; }
     // A new generation keeps the first `keep` positions of the target's cache.
     virtual void begin(int keep) { (void) keep; }
     // The target committed positions pos0..pos0+n-1; their features are the capture's first n rows.
@@ -88,13 +91,21 @@ public:
     bool reduced_vocab() const { return !d2t_.empty(); }
     LlamaModel & model() override { return model_; }
     double time_step() override;
+    double time_catchup(int n) override;
+    int behind(int n_hist) const override;
+
+    // Most committed tokens one catch-up takes in: after a longer idle run the drafter's cache restarts
+    // with the latest ones (its context then begins there; positions restart at 0).
+    static constexpr int kMaxCatchup = 256;
 
 private:
     llama_token to_draft(llama_token t) const { return d2t_.empty() ? t : t2d_[t]; }
 
     LlamaModel model_;
     std::vector<int32_t> d2t_, t2d_;
-    std::vector<llama_token> hist_draft_;  // history in the drafter's ids
+    std::vector<llama_token> hist_draft_;  // history in the drafter's ids, from base_
+    int base_ = 0;                         // history index of the drafter's cache position 0
+    int synced_ = 0;                       // history length at its last catch-up
     std::vector<int32_t> scratch_;
 };
 

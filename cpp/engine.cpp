@@ -30,7 +30,7 @@ Engine::Engine(const ModelParams & target, const std::optional<ModelParams> & dr
         drafter_->model().set_abort_flag(&cancel_flag_);
     }
     q_dense_.resize(target_.n_vocab());
-    int vbm = target_.pad_rows() > 0 ? target_.pad_rows() : kCpuInvariantRows;
+    int vbm = target_.fixed_width() > 0 ? target_.fixed_width() : kCpuInvariantRows;
     if (const char * env = std::getenv("PPOW_VERIFY_BATCH_MAX"); env && *env) {
         char * end = nullptr;
         const long v = std::strtol(env, &end, 10);
@@ -53,25 +53,39 @@ Exactness Engine::judge_exactness() const {
     const int widest = std::max(vbm, W);
     const std::string shape = "verify batches of up to " + std::to_string(vbm) + " rows" +
                               (W > 0 ? ", every decode padded to at least " + std::to_string(W) + " rows" : "");
-    if (target_.gpu_layers() > 0)
-        return {false, std::to_string(target_.gpu_layers()) + " of " + std::to_string(target_.n_layer() + 1) +
-                           " target layers on " + LlamaModel::gpu_devices() + " (" + shape +
-                           "): ppow's batch-invariance rules were derived on llama.cpp's CPU backend; on this "
-                           "backend exactness is not established, so greedy speculative output may differ from "
-                           "plain greedy output"};
+    if (target_.gpu_layers() > 0) {
+        const std::string where = std::to_string(target_.gpu_layers()) + " of " +
+                                  std::to_string(target_.n_layer() + 1) + " target layers on " + LlamaModel::gpu_devices();
+        const bool cuda = LlamaModel::gpu_devices().rfind("CUDA", 0) == 0;
+        if (W >= 2 && vbm <= W && cuda)
+            return {true, where + ", every decode exactly " + std::to_string(W) +
+                              " rows: plain steps and verify batches run the same kernels (measured on an NVIDIA "
+                              "H200: 0 of 24 prompts differed from plain greedy at widths 4 and 8, feature drafter "
+                              "and prompt lookup, fixed and auto; docs/gpu.md)"};
+        return {false, where + " (" + shape + "): " +
+                           (W >= 2 && vbm <= W ? std::string("a fixed decode width is measured exact on CUDA only")
+                                               : std::string("decodes of different row counts take different "
+                                                             "kernels there (pad_rows fixes the width)")) +
+                           "; exactness is not established, so greedy speculative output may differ from plain "
+                           "greedy output"};
+    }
     if (widest > kCpuInvariantRows)
         return {false, "CPU backend with " + shape + ": batches of 8 or more rows take other matmul kernels "
                        "there, whose last bits differ from smaller batches'"};
-    const bool one_row_ok = W >= 2 || target_.pads_single() || (target_.flash_attn() && target_.n_threads() == 1);
+    const bool one_row_ok = W >= 2 || (!target_.float_matrices() &&
+                                        (target_.pads_single() || (target_.flash_attn() && target_.n_threads() == 1)));
     if (!one_row_ok)
         return {false, std::string("CPU backend without batch-invariant one-token decodes (") +
                            (target_.params().batch_invariant ? "" : "batch_invariant off; ") +
-                           (target_.flash_attn() ? "flash attention splits a one-query decode's KV among threads past "
-                                                   "256 cached tokens"
-                                                 : "without flash attention a one-token decode takes another attention "
-                                                   "kernel") +
+                           (target_.float_matrices() ? "F32/F16/BF16 matrices take llamafile's sgemm from 2 rows, "
+                                                       "another summation order than one row's"
+                            : target_.flash_attn() ? "flash attention splits a one-query decode's KV among threads "
+                                                     "past 256 cached tokens"
+                                                   : "without flash attention a one-token decode takes another "
+                                                     "attention kernel") +
                            "), so plain steps may round differently from verify batches"};
-    std::string how = W >= 2 ? "every decode padded to " + std::to_string(W) + " rows"
+    std::string how = W >= 2 ? "every decode padded to " + std::to_string(W) + " rows" +
+                                   (target_.float_matrices() && target_.params().pad_rows < 2 ? " (F32/F16/BF16 matrices)" : "")
                       : target_.pads_single() ? std::string("one-token decodes padded to two rows") +
                                                     (target_.flash_attn() ? " past 192 cached tokens" : "")
                                               : std::string("flash attention on one thread");
@@ -113,64 +127,73 @@ std::string Engine::detokenize(const std::vector<llama_token> & tokens) const {
     return s;
 }
 
-static double median_ms(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-}
-
 void Engine::calibrate(int k_max) {
     // Time forward passes at the current depth with throwaway tokens, then drop them again.
     const int base = (int) target_.cached().size();
-    const llama_token filler = target_.cached().empty() ? bos() : target_.cached().back();
+    const llama_token filler = std::max(0, target_.cached().empty() ? bos() : target_.cached().back());
     std::vector<int> sizes = {1, 2, 3};
     const int n_max = std::min(k_max + 1, verify_batch_max_);
     for (int n = 5; n <= n_max; n = 2 * n - 1) sizes.push_back(n);
     if (sizes.back() < n_max) sizes.push_back(n_max);
-    for (int n : sizes) {
-        if (base + n > target_.n_ctx()) break;
-        std::vector<llama_token> toks(n, std::max(0, filler));
-        std::vector<double> t;
-        for (int rep = 0; rep < 4; ++rep) {
-            const double ms = target_.decode(toks.data(), n, n);
-            target_.truncate(base);
-            if (rep > 0) t.push_back(ms);  // first run warms up the graph for this shape
-        }
-        costs_.set_verify_cost(n, median_ms(t));
-    }
+    auto verify = [&](int n) {
+        if (base + n > target_.n_ctx()) return 0.0;
+        const std::vector<llama_token> toks(n, filler);
+        const double ms = target_.decode(toks.data(), n, n);
+        target_.truncate(base);
+        return ms;
+    };
+    std::function<double()> step, catchup;
     if (drafter_) {
-        std::vector<double> t;
-        for (int rep = 0; rep < 4; ++rep) {
-            const double ms = drafter_->time_step();
-            if (rep > 0 && ms > 0.0) t.push_back(ms);
-        }
-        if (!t.empty()) costs_.observe_draft_token(median_ms(t));
+        step = [&] { return drafter_->time_step(); };
         // A typical catch-up takes in the committed token and one accepted draft.
-        t.clear();
-        for (int rep = 0; rep < 4; ++rep) {
-            const double ms = drafter_->time_catchup(2);
-            if (rep > 0 && ms > 0.0) t.push_back(ms);
-        }
-        if (!t.empty()) costs_.observe_catchup(median_ms(t));
+        catchup = [&] { return drafter_->time_catchup(2); };
     }
+    costs_.calibrate(sizes, verify, step, catchup);
 }
 
-int Engine::choose_window(const GenParams & gp, int k_cap, bool & probe) {
+int Engine::choose_window(const GenParams & gp, int k_cap, int n_hist, int remaining, bool & probe) {
     probe = false;
+    plain_by_policy_ = false;
+    probe_soon_ = false;
     if (k_cap <= 0) return 0;
     if (gp.policy == DraftPolicy::Fixed) return k_cap;
-    if (!costs_.has_verify_costs()) calibrate(gp.draft_max);
-    if (!costs_.speculation_can_pay(k_cap)) return 0;  // not even perfect drafts would pay here
+    if (!costs_.calibrated()) calibrate(gp.draft_max);
+    if (!costs_.speculation_can_pay(k_cap)) {  // not even perfect drafts would pay here
+        plain_by_policy_ = true;
+        return 0;
+    }
     double gain = 0.0;
     const int k = costs_.best_window(k_cap, &gain);
     // Average acceptance may say "plain" while the drafter's confident tokens still pay: then draft
     // every step and let the stop rule keep only what pays (often nothing: a plain step).
-    if (costs_.gated_gain() > std::max(1.0, gain)) return k_cap;
-    if (k > 0) return k;
+    const double gated = costs_.gated_gain();
+    const bool use_gated = gated > std::max(1.0, gain);
+    if (use_gated || k > 0) {
+        // A drafter left idle first takes in the positions it missed (bounded; in step its own
+        // catch-up is in the step cost): resume only where what drafting is expected to gain over
+        // the rest of this generation pays for that.
+        const int missed = drafter_->behind(n_hist) - last_commit_;
+        const double extra = costs_.catchup_extra_ms(missed);
+        const double per_step = ((use_gated ? gated : gain) - 1.0) * costs_.verify_ms(1);
+        if (extra <= 0.0 || per_step * remaining > extra) return use_gated ? k_cap : k;
+    }
     // Plain decoding looks best; probe now and then (backing off) so the estimates can recover.
-    if (++plain_since_probe_ < probe_interval_) return 0;
+    plain_by_policy_ = true;
+    if (plain_since_probe_ + 1 < probe_interval_) {
+        ++plain_since_probe_;
+        probe_soon_ = plain_since_probe_ + kCaptureAhead >= probe_interval_;
+        return 0;
+    }
+    probe_soon_ = true;
+    if (!drafter_->ready(n_hist)) return 0;  // a probe needs the newest features: next step
     plain_since_probe_ = 0;
     probe = true;
     return std::min(k_cap, 2);
+}
+
+bool Engine::capture_wanted(const GenParams & gp, int drafted) const {
+    if (gp.policy == DraftPolicy::Fixed || drafted > 0 || !plain_by_policy_) return true;
+    return probe_soon_;
 }
 
 int Engine::lookup_window(const GenParams & gp, const std::vector<llama_token> & hist, int k_cap, bool speculate) {
@@ -180,7 +203,7 @@ int Engine::lookup_window(const GenParams & gp, const std::vector<llama_token> &
     if (k == 0) return 0;
     if (gp.policy == DraftPolicy::Auto) {
         // Against the better of plain decoding and the drafter's own expected gain.
-        if (!costs_.has_verify_costs()) calibrate(gp.draft_max);
+        if (!costs_.calibrated()) calibrate(gp.draft_max);
         double gain = 0.0, drafter_gain = 1.0;
         k = costs_.best_lookup_window(found.ngram, k, &gain);
         if (speculate) {
@@ -340,26 +363,39 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
     if (lookup) costs_.decay_lookup(0.5);
     const int nv = target_.n_vocab();
 
-    // A feature drafter reads the target's hidden states of every committed position.
+    // A feature drafter reads the target's hidden states of the committed positions it will take in:
+    // captured on every decode while it drafts (or soon may), not while the auto policy decodes plainly.
     FeatureCapture & cap = target_.capture();
     const bool feed = drafter_ && !drafter_->target_layers().empty();
-    const CaptureScope scope(cap, feed ? drafter_->target_layers() : std::vector<int>());
+    const std::vector<int> no_layers;
+    const CaptureScope scope(cap, feed ? drafter_->target_layers() : no_layers);
+    bool capturing = feed;
+    auto set_capture = [&](bool on) {
+        if (!feed || on == capturing) return;
+        cap.set_layers(on ? drafter_->target_layers() : no_layers);
+        capturing = on;
+    };
 
     double t_loop = now_ms();
     try {
         // Prompt: everything but the newest token goes into the target's cache now (reusing a
         // cached prefix from the last call); the newest token opens the first verify batch.
         const double t0 = now_ms();
-        int keep = target_.common_prefix(prompt, 1);
-        if (drafter_) keep = std::min(keep, drafter_->features_through());
+        const int keep = target_.common_prefix(prompt, 1);
         target_.truncate(keep);
         if (drafter_) drafter_->begin(keep);
         cap.clear();
         target_.decode(prompt.data() + keep, (int) prompt.size() - 1 - keep, 0);
         if (feed) drafter_->add_features(keep, (int) prompt.size() - 1 - keep, cap);
-        // The auto policy's one-off cost calibration belongs to set-up, not to generation speed.
-        if ((speculate || lookup) && gp.policy == DraftPolicy::Auto && !costs_.has_verify_costs())
+        // The auto policy's cost calibration belongs to set-up, not to generation speed: once, and
+        // again when the loop's timings drifted from it (costs_.begin_generation backs that off).
+        if ((speculate || lookup) && gp.policy == DraftPolicy::Auto && costs_.begin_generation()) {
+            const double tc0 = now_ms();
             calibrate(gp.draft_max);
+            st.t_calibrate_ms = now_ms() - tc0;
+            st.n_calibrations = 1;
+        }
+        last_commit_ = 1;
         st.n_prompt = (int) prompt.size();
         st.n_prompt_reused = keep;
         st.t_prompt_ms = now_ms() - t0;
@@ -382,7 +418,9 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
             const int lookup_ngram = lookup && k_cap > 0 ? lookup_window(gp, hist, k_cap, speculate) : 0;
             const bool looked_up = lookup_ngram > 0;
             bool probe = false;
-            const int k = looked_up || !speculate ? 0 : choose_window(gp, k_cap, probe);
+            int k = looked_up || !speculate ? 0
+                    : choose_window(gp, k_cap, (int) hist.size(), gp.n_predict - (int) res.tokens.size(), probe);
+            if (k > 0 && !drafter_->ready((int) hist.size())) k = 0;  // features missing: capture, draft next step
             if (k > 0) {
                 const bool auto_rule = gp.policy == DraftPolicy::Auto && !probe;
                 double expected = 0.0, p_all = 1.0;
@@ -429,6 +467,8 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
             llama_token bonus = -1;
             double ts = 0.0;
             const int n_hist0 = (int) hist.size();
+            set_capture(capture_wanted(gp, k));
+            st.n_capture_steps += capturing;
             cap.clear();
             for (int i = 0; i <= m; ++i) {
                 if (i == chunk0 + chunk_n) {
@@ -497,8 +537,9 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
             for (int i = 0; i < a && go; ++i) go = commit(draft_.tokens[i], gp, res, hist, text, emitted, on_text);
             if (go) go = commit(bonus, gp, res, hist, text, emitted, on_text);
             target_.truncate((int) hist.size() - 1);
+            last_commit_ = (int) hist.size() - n_hist0;
             // The verify batch's first rows are the positions just committed (newest token excluded).
-            if (feed) drafter_->add_features(n_hist0 - 1, (int) hist.size() - n_hist0, cap);
+            if (feed && capturing) drafter_->add_features(n_hist0 - 1, (int) hist.size() - n_hist0, cap);
 
             if (probe) {
                 const double rate = (a + 1) / (now_ms() - t_step);

@@ -43,6 +43,9 @@ struct Stats {
     int n_catchup = 0;
     double t_verify_ms = 0.0;     // target forward passes
     double t_sample_ms = 0.0;     // argmax / sampling / acceptance on the target's logits
+    double t_calibrate_ms = 0.0;  // part of t_prompt_ms: the auto policy's cost calibration (set-up)
+    int n_calibrations = 0;
+    int n_capture_steps = 0;      // steps whose verify batch captured target features (feature drafters)
     double t_total_ms = 0.0;      // generation loop, prompt excluded
     std::string stop_reason;      // eos | length | stop | context | cancelled
     // Whether this output is token-identical to plain greedy decoding of the same target here (the
@@ -119,7 +122,12 @@ private:
     // Commits tokens one by one; returns false once generation must stop.
     bool commit(llama_token t, const GenParams & gp, Result & res, std::vector<llama_token> & hist,
                 std::string & pending, size_t & emitted, const TextCallback & on_text);
-    int choose_window(const GenParams & gp, int k_cap, bool & probe);
+    // Window length for the drafter this step (0: plain); `probe`: a back-off probe window.
+    // `remaining`: tokens this generation may still produce.
+    int choose_window(const GenParams & gp, int k_cap, int n_hist, int remaining, bool & probe);
+    // Whether the target's features should be captured in this step's verify batch: only while the
+    // drafter is likely to draft at the next step (an idle feature drafter then costs nothing).
+    bool capture_wanted(const GenParams & gp, int drafted) const;
     // Prompt lookup's window into draft_.tokens when it is the step's best draft: returns the length
     // of the matched n-gram (its acceptance is kept per length), 0 when lookup does not draft.
     int lookup_window(const GenParams & gp, const std::vector<llama_token> & hist, int k_cap, bool speculate);
@@ -134,9 +142,14 @@ private:
     std::vector<int32_t> scratch_;
     DraftResult draft_;
     int plain_since_probe_ = 0, probe_interval_ = 8;
+    bool plain_by_policy_ = false;  // the last choose_window() chose plain decoding on the costs
+    bool probe_soon_ = false;       // ... and a probe is due within kCaptureAhead steps
+    int last_commit_ = 1;           // tokens committed by the last step (the drafter's steady catch-up)
     // A probe window's feature drafter takes in only this many recent positions: its cost stays
     // bounded however long the plain run before it was (the useless-drafter case).
-    static constexpr int kProbeCatchup = 32;
+    static constexpr int kProbeCatchup = 16;
+    // Steps before a due probe from which features are captured again (the probe's context).
+    static constexpr int kCaptureAhead = 16;
     // Largest verify batch whose logits match single-token decoding bit for bit on llama.cpp's CPU
     // backend (measured: batches of >= 8 take other matmul kernels and drift in the last bits,
     // which flips near-tied argmaxes). Larger windows are verified in chunks of this size.

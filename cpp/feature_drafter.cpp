@@ -72,9 +72,12 @@ FeatureDrafter::~FeatureDrafter() {
     llama_batch_free(dec_);
 }
 
+// A new generation reuses the target's cache as far as it can; where the features of reused positions
+// are missing (decoded while capture was off), they start over after them (a gap, as in add_features).
 void FeatureDrafter::begin(int keep) {
     n_feat_ = std::min(n_feat_, keep);
-    feats_.resize((size_t) n_feat_ * 3 * h_target_);
+    feat0_ = std::min(feat0_, n_feat_);
+    feats_.resize((size_t) (n_feat_ - feat0_) * 3 * h_target_);
     // Entry j pairs token[j+1] with features[j]: it stays valid while token[j+1] is kept.
     n_entries_ = std::max(0, std::min(n_entries_, keep - 1));
     drop_kv_from(n_entries_);
@@ -82,12 +85,17 @@ void FeatureDrafter::begin(int keep) {
 
 void FeatureDrafter::add_features(int pos0, int n, const FeatureCapture & cap) {
     if (n <= 0) return;
-    if (pos0 != n_feat_)
+    if (pos0 < n_feat_)
         throw Error("feature drafter: features for position " + std::to_string(pos0) + " arrived, expected " +
                     std::to_string(n_feat_));
-    feats_.resize((size_t) (n_feat_ + n) * 3 * h_target_);
+    if (pos0 > n_feat_) {  // positions decoded without capture: start the features over
+        feats_.clear();
+        feat0_ = n_feat_ = pos0;
+    }
+    const int have = n_feat_ - feat0_;
+    feats_.resize((size_t) (have + n) * 3 * h_target_);
     for (int i = 0; i < n; ++i) {
-        float * row = feats_.data() + (size_t) (n_feat_ + i) * 3 * h_target_;
+        float * row = feats_.data() + (size_t) (have + i) * 3 * h_target_;
         for (int l = 0; l < 3; ++l) std::copy_n(cap.rows(l) + (size_t) i * h_target_, h_target_, row + l * h_target_);
     }
     n_feat_ += n;
@@ -101,7 +109,7 @@ void FeatureDrafter::drop_kv_from(int pos) {
 
 
 void FeatureDrafter::encode(int pos0, int n, int row0) {
-    if (row0 < 0) row0 = pos0;
+    if (row0 < 0) row0 = pos0 - feat0_;
     FeatureCapture & cap = model_.capture();
     cap.set_nodes({kFcOut});
     g_.resize((size_t) n * h_);
@@ -173,16 +181,30 @@ double FeatureDrafter::time_catchup(int n) {
     // cache, timed as draft() runs them, then dropped. Their positions follow the cache, not the
     // features: after a window the target's features run ahead of the entries, and llama.cpp refuses
     // a batch whose positions do not continue the sequence.
-    const int base = n_kv_, feat0 = n_feat_;
-    feats_.resize((size_t) (feat0 + n) * 3 * h_target_, 0.0f);
+    const int base = n_kv_, rows = n_feat_ - feat0_;
+    feats_.resize((size_t) (rows + n) * 3 * h_target_, 0.0f);
     const std::vector<llama_token> toks(n, d2t_[0]);
     const double t0 = now_ms();
-    encode(base, n, feat0);
+    encode(base, n, rows);
     decode(toks.data(), g_.data(), base, n);
     const double ms = now_ms() - t0;
     drop_kv_from(base);
-    feats_.resize((size_t) feat0 * 3 * h_target_);
+    feats_.resize((size_t) rows * 3 * h_target_);
     return ms / n;
+}
+
+int FeatureDrafter::next_entry(int n) const {
+    return std::max({std::min(n_entries_, n), feat0_, n + 1 - kMaxCatchup});
+}
+
+int FeatureDrafter::behind(int n_hist) const {
+    const int n = n_hist - 2;
+    return n < 0 ? 1 : n + 1 - next_entry(n);
+}
+
+bool FeatureDrafter::ready(int n_hist) const {
+    const int n = n_hist - 2;
+    return n >= 0 && feat0_ <= n && n_feat_ >= n + 1;
 }
 
 void FeatureDrafter::draft(const DraftRequest & req, DraftResult & out, Rng & rng) {
@@ -191,9 +213,9 @@ void FeatureDrafter::draft(const DraftRequest & req, DraftResult & out, Rng & rn
     const int n = (int) hist.size() - 2;  // the newest entry is at position n: (hist.back(), features[n])
     const int n_max = std::min(req.n_max, model_.n_ctx() - (int) hist.size());
     if (n_max <= 0 || n < 0) return;
-    if (n_feat_ < n + 1)
-        throw Error("feature drafter: target features reach position " + std::to_string(n_feat_ - 1) +
-                    ", the window starts after " + std::to_string(n));
+    if (!ready((int) hist.size()))
+        throw Error("feature drafter: target features cover positions " + std::to_string(feat0_) + ".." +
+                    std::to_string(n_feat_ - 1) + ", the window starts after " + std::to_string(n));
 
     // Catch up: every committed position without an entry made from target features, in one batch.
     const double t0 = now_ms();
@@ -201,11 +223,13 @@ void FeatureDrafter::draft(const DraftRequest & req, DraftResult & out, Rng & rn
     drop_kv_from(n_entries_);
     // After a long run of plain steps (or a long prompt) only the most recent positions enter: the
     // drafter reads the target's features there, and the catch-up of a useless drafter's rare probe
-    // windows stays bounded. llama.cpp wants a sequence's positions consecutive, so skipping restarts
-    // the drafter's cache at the first position kept (RoPE positions stay the true ones).
+    // windows stays bounded; positions decoded without capture cannot enter at all. llama.cpp wants
+    // a sequence's positions consecutive, so skipping restarts the drafter's cache at the first
+    // position kept (RoPE positions stay the true ones).
     const int max_catchup = std::max(1, std::min(kMaxCatchup, req.max_catchup));
-    if (n + 1 - max_catchup > n_entries_) {
-        n_entries_ = n + 1 - max_catchup;
+    const int first = std::max({n_entries_, feat0_, n + 1 - max_catchup});
+    if (first > n_entries_) {
+        n_entries_ = first;
         drop_kv_from(0);
     }
     const int m = n + 1 - n_entries_;

@@ -29,7 +29,8 @@ public:
     double time_step() override;
     double time_catchup(int n) override;
     const std::vector<int> & target_layers() const override { return layers_; }
-    int features_through() const override { return n_feat_; }
+    int behind(int n_hist) const override;
+    bool ready(int n_hist) const override;
     void begin(int keep) override;
     void add_features(int pos0, int n, const FeatureCapture & cap) override;
     int n_draft_vocab() const { return (int) d2t_.size(); }
@@ -38,8 +39,10 @@ public:
     static bool is_feature_drafter(const std::string & path);
 
 private:
-    // fc over n stored feature rows from row0 (default: pos0), at positions pos0.. -> g_ (n rows of H).
+    // fc over n stored feature rows from row0 (default: pos0's), at positions pos0.. -> g_ (n rows of H).
     void encode(int pos0, int n, int row0 = -1);
+    // The first position whose entry the next catch-up makes (its entries and features run on from there).
+    int next_entry(int n) const;
     // Decoder entries at positions pos0.. with (tokens[i], states row i); keeps the last row's logits
     // in the context and its state in state_.
     void decode(const llama_token * tokens, const float * states, int pos0, int n);
@@ -49,8 +52,10 @@ private:
     std::vector<int> layers_;
     std::vector<int32_t> d2t_;
     int h_target_ = 0, h_ = 0;
-    std::vector<float> feats_;  // [n_feat_, 3 * h_target_]: target features of committed positions
-    int n_feat_ = 0;
+    // [n_feat_ - feat0_, 3 * h_target_]: target features of committed positions feat0_..n_feat_-1.
+    // The engine captures them only while drafting is likely; a gap restarts them (and the entries).
+    std::vector<float> feats_;
+    int feat0_ = 0, n_feat_ = 0;
     int n_entries_ = 0;         // next position to enter from target features (earlier ones are in the KV or skipped)
     int n_kv_ = 0;              // entries in the KV, draft-fed ones included
     llama_batch enc_{}, dec_{};

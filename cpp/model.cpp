@@ -88,11 +88,32 @@ std::string LlamaModel::gpu_devices() {
     return names;
 }
 
+// Whether a matrix the graph multiplies by is stored as F32, F16 or BF16. On x86 llama.cpp's CPU backend
+// multiplies those through llamafile's sgemm from 2 rows on and through ggml's own dot products for one
+// row, which sum in another order (measured: a tiny F32 target's logits 7e-7 apart), so a one-row
+// decode must not happen there at all. (Quantized types ppow meets take the same path either way:
+// tests/test_engine_real.py checks Gemma 3's mix bit for bit.)
+static bool has_float_matrices(const std::string & path) {
+    ggml_context * meta = nullptr;
+    gguf_init_params ip = {/*no_alloc*/ true, /*ctx*/ &meta};
+    gguf_context * g = gguf_init_from_file(path.c_str(), ip);
+    bool found = false;
+    if (g && meta) {
+        for (ggml_tensor * t = ggml_get_first_tensor(meta); t && !found; t = ggml_get_next_tensor(meta, t)) {
+            const bool matrix = ggml_n_dims(t) >= 2 && t->ne[0] > 1 && t->ne[1] > 1;
+            found = matrix && (t->type == GGML_TYPE_F32 || t->type == GGML_TYPE_F16 || t->type == GGML_TYPE_BF16);
+        }
+    }
+    if (meta) ggml_free(meta);
+    if (g) gguf_free(g);
+    return found;
+}
+
 // ModelParams::pad_rows, -1 resolved from PPOW_PAD_ROWS (the GPU check flips it without code changes).
 static int resolve_pad_rows(int asked) {
     if (asked >= 0) return asked;
     const char * env = std::getenv("PPOW_PAD_ROWS");
-    if (!env || !*env) return 0;
+    if (!env || !*env) return -1;  // not asked: the backend's rule
     char * end = nullptr;
     const long v = std::strtol(env, &end, 10);
     if (*end != '\0' || v < 0 || v > 64) throw Error(std::string("PPOW_PAD_ROWS must be an integer in [0, 64], got '") + env + "'");
@@ -138,10 +159,19 @@ LlamaModel::LlamaModel(const ModelParams & p) : path_(p.path), params_(p) {
     // unified cache keeps the whole n_ctx for sequence 0. ("auto" is on for a CPU.)
     const bool flash = p.flash_attn != "off";
     flash_ = flash;
-    pad_rows_ = p.n_parallel == 1 ? params_.pad_rows : 0;
-    // The CPU's rule (derived there, see kPadSingleFrom): it needs every layer on the CPU.
-    pad_single_ = p.batch_invariant && gpu_layers_ == 0 && p.n_parallel == 1 && (n_threads > 1 || !flash);
+    // A GPU's rule: every decode exactly kGpuPadRows rows, so plain steps and verify batches run the
+    // same kernels (measured on an H200; see Engine::judge_exactness). Asked widths (0 included) win.
+    const bool gpu_invariant = p.batch_invariant && gpu_layers_ > 0 && p.n_parallel == 1;
+    if (p.n_parallel > 1) pad_rows_ = 0;
+    else if (params_.pad_rows >= 0) pad_rows_ = params_.pad_rows;
+    else pad_rows_ = gpu_invariant ? kGpuPadRows : 0;
+    fixed_width_ = params_.pad_rows > 0 || (params_.pad_rows < 0 && gpu_invariant) ? pad_rows_ : 0;
+    // The CPU's rules (derived there, see kPadSingleFrom): they need every layer on the CPU.
+    const bool cpu_invariant = p.batch_invariant && gpu_layers_ == 0 && p.n_parallel == 1;
+    pad_single_ = cpu_invariant && (n_threads > 1 || !flash);
     pad_from_ = flash ? kPadSingleFrom : 0;
+    float_matrices_ = has_float_matrices(p.path);
+    if (cpu_invariant && float_matrices_) pad_rows_ = std::max(pad_rows_, 2);  // no one-row decode at all
     const int pad_width = std::max(pad_rows_, pad_single_ ? 2 : 0);
     llama_context_params cp = llama_context_default_params();
     // Room for the padding rows beside a full sequence 0, so padding never stops near the end.

@@ -37,7 +37,9 @@ struct ModelParams {
     // throw-away rows in sequence 1 up to this width, and they are output rows too (so the last
     // layer and the lm head see the same number of rows as well). With verify_batch_max <= pad_rows
     // every generation decode has exactly pad_rows rows. 0: off (the CPU's own rule above still
-    // pads one-token decodes); -1: from the environment variable PPOW_PAD_ROWS, else 0.
+    // pads one-token decodes); -1: from the environment variable PPOW_PAD_ROWS, else the backend's
+    // rule (with batch_invariant and layers on a GPU: kGpuPadRows; on the CPU: 0, or 2 for targets
+    // with F32/F16/BF16 matrices).
     int pad_rows = -1;
     // Drafters only: "auto" (from the file: eagle3 GGUFs are feature drafters), "model" or "feature".
     std::string kind = "auto";
@@ -73,6 +75,12 @@ public:
     bool flash_attn() const { return flash_; }
     bool pads_single() const { return pad_single_; }
     int pad_rows() const { return pad_rows_; }
+    // The width every generation decode is padded to by design (asked, or the GPU rule), 0 if none:
+    // the engine caps its verify batches there so every decode has exactly that many rows.
+    int fixed_width() const { return fixed_width_; }
+    static constexpr int kGpuPadRows = 4;
+    // F32/F16/BF16 matrices: on the CPU one-row products sum differently from batched ones.
+    bool float_matrices() const { return float_matrices_; }
     int n_layer() const { return llama_model_n_layer(model_); }
     int n_embd() const { return llama_model_n_embd(model_); }
     // Hidden-state capture on every decode of this context (inactive until layers are set).
@@ -105,9 +113,10 @@ private:
     int n_vocab_ = 0, n_ctx_ = 0, n_batch_ = 0;
     bool pad_single_ = false;
     int pad_from_ = 0;  // cached tokens from which one-token decodes are padded
-    int pad_rows_ = 0;  // fixed decode width (ModelParams::pad_rows), 0: off
+    int pad_rows_ = 0;  // decodes of fewer rows are padded to this width, 0: off
+    int fixed_width_ = 0;
     int gpu_layers_ = 0, n_threads_ = 1;
-    bool flash_ = true;
+    bool flash_ = true, float_matrices_ = false;
     int first_out_ = 0;  // batch index of the first requested output row of the last decode
     std::vector<llama_token> cached_;
 };

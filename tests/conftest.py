@@ -13,6 +13,9 @@ except ImportError:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "real: uses the real Gemma 3 270M target")
+    # Registered here so `-m gpu` selects without a warning and nothing is deselected by accident:
+    # these tests skip themselves, with the reason, where ppow's llama.cpp build has no GPU backend.
+    config.addinivalue_line("markers", "gpu: runs on a GPU backend (tests/test_gpu.py; skips without one)")
 
 
 @pytest.fixture(scope="session")

@@ -131,7 +131,7 @@ def test_cpu_exactness_is_claimed_and_explained(tiny_target_gguf, tiny_drafter_g
     (dict(verify_batch_max=8), "8 or more rows"),
     (dict(pad_rows=9), "8 or more rows"),
     (dict(batch_invariant=False, n_threads=2), "batch_invariant off"),
-    (dict(batch_invariant=False, n_threads=2, flash_attn="off"), "without flash attention"),
+    (dict(batch_invariant=False, n_threads=1), "F32/F16/BF16 matrices"),  # the tiny target is F32
 ])
 def test_settings_outside_the_cpu_rules_are_not_claimed_exact(tiny_target_gguf, tiny_drafter_gguf, kw, why):
     if CUDA:
@@ -146,11 +146,19 @@ def test_settings_outside_the_cpu_rules_are_not_claimed_exact(tiny_target_gguf, 
     assert plain.stats.exact and "no draft was verified" in plain.stats.exact_reason
 
 
-def test_single_thread_flash_attention_needs_no_padding(tiny_target_gguf):
+@pytest.mark.real
+def test_quantized_target_rules(gemma_gguf):
+    # Gemma 3's quantized matrices take the same CPU path for one row as for several: no padding is
+    # needed on one thread with flash attention, and none without the split-KV depth.
     if CUDA:
         pytest.skip("a CUDA build")
-    with ppow.Generator(tiny_target_gguf, n_ctx=64, n_threads=1, batch_invariant=False) as g:
+    with ppow.Generator(gemma_gguf, n_ctx=64, n_threads=1, batch_invariant=False) as g:
         assert g.exact and "flash attention on one thread" in g.exact_reason
+        assert not g.backend["float_matrices"] and g.backend["pad_rows"] == 0
+    with ppow.Generator(gemma_gguf, n_ctx=64, n_threads=2, batch_invariant=False, flash_attn="off") as g:
+        assert not g.exact and "without flash attention" in g.exact_reason
+    with ppow.Generator(gemma_gguf, n_ctx=64, n_threads=2) as g:
+        assert g.exact and "one-token decodes padded to two rows past 192" in g.exact_reason
 
 
 def test_run_cli_says_exactness(tiny_target_gguf, tiny_drafter_gguf, capsys):

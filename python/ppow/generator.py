@@ -43,6 +43,9 @@ class Stats:
     n_draft_catchup: int
     t_verify_ms: float
     t_sample_ms: float
+    t_calibrate_ms: float    # part of t_prompt_ms: the auto policy's cost calibration, when it ran
+    n_calibrations: int
+    n_capture_steps: int     # steps whose verify batch captured the target's features (feature drafters)
     t_total_ms: float
     stop_reason: str
     # True where this output is token-identical to plain greedy decoding of the same target on this
@@ -133,14 +136,15 @@ class Generator:
     n_threads_draft: threads of the drafter's forward passes (None: n_threads).
 
     n_gpu_layers / n_gpu_layers_draft: layers on the GPU (-1: all; the drafter's default: the
-    target's). Greedy speculative output is exact by construction on the CPU; with any target layer
-    on a GPU it is not established (Generator.exact, Generation.stats.exact say which, and why).
+    target's). Greedy speculative output is exact by construction on the CPU, and on CUDA with every
+    decode padded to one width (the GPU default); elsewhere it is not established (Generator.exact,
+    Generation.stats.exact say which, and why; docs/gpu.md).
 
-    pad_rows, verify_batch_max: experiments for other backends (docs/gpu.md). pad_rows=W pads every
-    target decode of fewer than W rows to W rows (throw-away rows in a second sequence, with logits),
-    so every decode takes the same kernels; verify_batch_max caps the rows of one verify batch
-    (default 7, the CPU's batch-invariant limit, or W with pad_rows). None: the environment
-    variables PPOW_PAD_ROWS / PPOW_VERIFY_BATCH_MAX, else those defaults.
+    pad_rows, verify_batch_max: decode shapes (docs/gpu.md). pad_rows=W pads every target decode of
+    fewer than W rows to W rows (throw-away rows in a second sequence, with logits), so every decode
+    takes the same kernels; verify_batch_max caps the rows of one verify batch (default 7 on the
+    CPU, W with pad_rows or on a GPU, where pad_rows defaults to 4 with batch_invariant). None: the
+    environment variables PPOW_PAD_ROWS / PPOW_VERIFY_BATCH_MAX, else those defaults.
 
     drafter: a GGUF language model sharing the target's vocabulary (kind 'model'), or an EAGLE-3
     drafter in llama.cpp's eagle3 format that reads the target's hidden states (kind 'feature');

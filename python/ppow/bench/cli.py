@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for every engine (default 0: all)")
     ap.add_argument("-ngl", "--n-gpu-layers", type=int, default=0,
                     help="target layers on the GPU for every engine, ppow's and the llama.cpp peers' (-1: all; "
-                         "default 0: CPU only); ppow's greedy exactness is established on the CPU only "
-                         "(docs/gpu.md)")
+                         "default 0: CPU only); the report says per ppow system whether its output is exact "
+                         "there (docs/gpu.md)")
     ap.add_argument("-ngld", "--n-gpu-layers-draft", type=int, default=None,
                     help="drafter layers on the GPU (default: as -ngl)")
     ap.add_argument("--ctx", type=int, default=0, help="context size (default: longest prompt + n + window + margin)")

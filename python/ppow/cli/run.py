@@ -32,13 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-t", "--threads", type=int, default=0, help="0: all hardware threads")
     ap.add_argument("--no-batch-invariant", action="store_true",
                     help="decode single target tokens with llama.cpp's own one-row kernels (faster plain steps "
-                         "at depth on several CPU threads, but verify batches may then round differently)")
+                         "at depth on several CPU threads, and on a GPU no padding to 4 rows, but verify batches "
+                         "may then round differently: not exact)")
     ap.add_argument("-fa", "--flash-attn", choices=("auto", "on", "off"), default="auto",
                     help="the target's flash attention (as llama.cpp's -fa); off: faster deep contexts on a CPU "
                          "for many-head targets, every plain step then padded to stay exact")
     ap.add_argument("-ngl", "--n-gpu-layers", type=int, default=0,
                     help="target layers on the GPU (-1: all; default 0). Greedy output is exact by construction on "
-                         "the CPU; with target layers on a GPU it is not established, and the summary says so")
+                         "the CPU and, with every decode padded to 4 rows (the GPU default), on CUDA; the summary "
+                         "says which (docs/gpu.md)")
     ap.add_argument("-ngld", "--n-gpu-layers-draft", type=int, default=None,
                     help="drafter layers on the GPU (default: as -ngl; the drafter never changes the output)")
     ap.add_argument("--temp", type=float, default=0.0, help="0: greedy")
