@@ -266,6 +266,11 @@ def _one_pass_vs_windows(kind, work):
     p_ids, p = vocab.project_topk(cache.topk_ids[idx], cache.topk_probs[idx])
     torch.testing.assert_close(w["p"], p)
     torch.testing.assert_close(w["lq_at"], lq.gather(-1, p_ids), atol=2e-4, rtol=1e-4)
+    if feature:  # fewer unrolled steps (the chosen windows' longest k) read the same first steps
+        batch = X.feature_batch(cache, vocab, valid, Kw, args, torch.Generator().manual_seed(0), "cpu")
+        w2 = X.feature_forward(m, None, batch, 2, args).windows(batch["b"], batch["c"], 2)
+        torch.testing.assert_close(w2["log_s"], w["log_s"][:, :2], atol=1e-5, rtol=1e-5)
+        assert torch.equal(batch["starts"], starts)
 
 
 # ----------------------------------------------------------------------------------- (c) CLI, (d) anchors

@@ -166,11 +166,11 @@ def _per_position(lq, labels, p_ids, p, temperature, ref_lq=None):
     return log_s, lq_lab, lq.gather(-1, p_ids), kl_ref
 
 
-def feature_pass(model, ref, cache, vocab, valid, K, args, g, device):
+def feature_batch(cache, vocab, valid, K, args, g, device):
     """Chunks (kd.feature_chunks: the whole sequence when it fits --chunk-len) whose columns c have a
-    window start t = c + 1; one training-time-test pass unrolled K steps: column c at step i drafts
-    window position i of the window after t (its own states, the trajectory's tokens).
-    Returns (_Positions, b [W], c [W], starts [W])."""
+    window start t = c + 1, laid out for a training-time-test pass unrolled K steps (kd.ttt_batch):
+    column c at step i drafts window position i of the window after t (its own states, the trajectory's
+    tokens). Returns a dict of the pass's inputs and the windows b [W], c [W], starts [W]."""
     N = len(cache)
     starts, ends = kd.feature_chunks(cache, n_chunks(args, K, cache, True), args.chunk_len, g, valid)
     every_row = torch.ones(N, dtype=torch.bool)
@@ -180,23 +180,35 @@ def feature_pass(model, ref, cache, vocab, valid, K, args, g, device):
     pos = starts[:, None] + torch.arange(T)[None, :] - (T - n)[:, None]  # cache position of each column
     win = key_mask & valid[(pos + 1).clamp(0, N - 1)]
     b, c = torch.nonzero(win, as_tuple=True)
-    feats, key_mask, labels, p_ids, p = (x.to(device) for x in (feats, key_mask, labels, p_ids, p))
-    toks = [x.to(device) for x in toks]
-    logits = model(feats, toks, key_mask)
+    return dict(feats=feats.to(device), key_mask=key_mask.to(device), toks=[x.to(device) for x in toks],
+                labels=labels.to(device), p_ids=p_ids.to(device), p=p.to(device), b=b.to(device), c=c.to(device),
+                starts=pos[b, c] + 1)
+
+
+def feature_forward(model, ref, batch, steps, args):
+    """The training-time-test pass over a feature_batch, unrolled `steps` (<= its K) steps -> _Positions."""
+    toks = batch["toks"][:steps]
+    logits = model(batch["feats"], toks, batch["key_mask"])
     ref_logits = None
     if ref is not None:
         with torch.no_grad():
-            ref_logits = ref(feats, toks, key_mask)
+            ref_logits = ref(batch["feats"], toks, batch["key_mask"])
     cols = [[] for _ in range(4)]
-    for i in range(K):
+    for i in range(steps):
         lq = torch.log_softmax(logits[i].float(), -1)
         logits[i] = None  # only the log-softmax is kept for backward
         rl = None if ref_logits is None else torch.log_softmax(ref_logits[i].float(), -1)
-        for lst, x in zip(cols, _per_position(lq, labels[i], p_ids[i], p[i], args.temperature, rl)):
+        for lst, x in zip(cols, _per_position(lq, batch["labels"][i], batch["p_ids"][i], batch["p"][i],
+                                              args.temperature, rl)):
             lst.append(x)
     log_s, lq_lab, lq_at, kl_ref = (None if x[0] is None else torch.stack(x) for x in cols)
-    P = _Positions(True, log_s=log_s, lq_lab=lq_lab, lq_at=lq_at, p=p, kl_ref=kl_ref)
-    return P, b.to(device), c.to(device), (pos[b, c] + 1)
+    return _Positions(True, log_s=log_s, lq_lab=lq_lab, lq_at=lq_at, p=batch["p"][:steps], kl_ref=kl_ref)
+
+
+def feature_pass(model, ref, cache, vocab, valid, K, args, g, device):
+    """feature_batch + feature_forward over all K steps: (_Positions, b [W], c [W], starts [W])."""
+    batch = feature_batch(cache, vocab, valid, K, args, g, device)
+    return feature_forward(model, ref, batch, K, args), batch["b"], batch["c"], batch["starts"]
 
 
 def standalone_chunk_len(args, K):
@@ -293,40 +305,59 @@ def make_step_fn(model, ref, cache, vocab, args, cost, rank=0):
     dev = next(model.parameters()).device
     table = speedup_table(cost, K, args.speedup_reward, dev)
 
+    def windows_and_choice(P, b, c):
+        w = P.windows(b, c, K)
+        with torch.no_grad():
+            q_at = w["lq_at"].exp() * (w["p"] > 0)
+            score = W.window_score(w["p"], q_at, args.score_positions)
+            sel, k = choose(score, w["lq_lab"].exp(), args, cost, K)
+        return w, score, sel, k
+
     def step_fn(tr, step):
         g = step_generator(args.seed, step, rank)
-        P, b, c, _ = pass_fn(tr.ddp, ref if use_ref else None, cache, vocab, valid, K, args, g, tr.device)
-        if len(b) == 0:
-            raise ValueError("no window fits the sampled chunks (raise --chunk-len)")
-        w = P.windows(b, c, K)
+        r = ref if use_ref else None
+        if feature and args.adaptive_window:
+            # choose windows and lengths on a pass without gradients, then differentiate only the unrolled
+            # steps the chosen windows read (adaptive k is often 1-2 where k_max is 8)
+            batch = feature_batch(cache, vocab, valid, K, args, g, tr.device)
+            b, c = batch["b"], batch["c"]
+            if len(b) == 0:
+                raise ValueError("no window fits the sampled chunks (raise --chunk-len)")
+            with torch.no_grad():
+                _, score, sel, k = windows_and_choice(feature_forward(tr.ddp, None, batch, K, args), b, c)
+            Kg = int(k.max())
+            w = feature_forward(tr.ddp, r, batch, Kg, args).windows(b[sel], c[sel], Kg)
+        else:
+            P, b, c, _ = pass_fn(tr.ddp, r, cache, vocab, valid, K, args, g, tr.device)
+            if len(b) == 0:
+                raise ValueError("no window fits the sampled chunks (raise --chunk-len)")
+            w, score, sel, k = windows_and_choice(P, b, c)
+            w = {name: None if x is None else x[sel] for name, x in w.items()}
+            Kg = K
         p = w["p"]
         q_at = w["lq_at"].exp() * (p > 0)  # out-of-draft-vocab target mass counts as unmatched
-        with torch.no_grad():
-            score = W.window_score(p, q_at, args.score_positions)
-            s1 = w["lq_lab"].exp()
-        sel, k = choose(score, s1, args, cost, K)
         total, parts = expected_window_rewards(
-            w["log_s"][sel], q_at[sel], p[sel], k, cost, speedup=args.speedup_reward, proximity=args.proximity,
+            w["log_s"], q_at, p, k, cost, speedup=args.speedup_reward, proximity=args.proximity,
             speedup_coef=args.speedup_coef, proximity_coef=args.proximity_coef, prox_grad=args.prox_grad,
-            table=table)
+            table=table[:, :Kg + 1])
         if args.adv_norm == "std":
             # the infinite-group limit of GRPO's normalised advantages: E[(r - mean) / std * grad log pi]
             # = grad E[r] / std, std = the window's reward spread under the drafter's sampling (a constant)
             loss = -(total / (parts["std"].detach() + 1e-6)).mean()
         else:
             loss = -total.mean()
-        in_win = torch.arange(K, device=k.device)[None, :] < k[:, None]
+        in_win = torch.arange(Kg, device=k.device)[None, :] < k[:, None]
         metrics = {}
         if args.kl_coef > 0:
             if anchor == "target":
-                kl = target_kl(w["lq_at"][sel], p[sel], in_win)
+                kl = target_kl(w["lq_at"], p, in_win)
                 metrics["kl_target"] = kl.detach()
             else:
-                kl = (w["kl_ref"][sel] * in_win).sum() / in_win.sum()
+                kl = (w["kl_ref"] * in_win).sum() / in_win.sum()
                 metrics["kl_ref"] = kl.detach()
             loss = loss + args.kl_coef * kl
         if args.kd_coef > 0:
-            lab = w["lq_lab"][sel]
+            lab = w["lq_lab"]
             ok = in_win & (lab > NEG / 2)
             ce = -(lab * ok).sum() / ok.sum().clamp_min(1)
             loss = loss + args.kd_coef * ce
