@@ -126,7 +126,7 @@ def test_expected_rewards_equal_brute_force_enumeration(kind, temperature, speed
     torch.testing.assert_close(parts["P_a"].sum(1), torch.ones(3))
     assert float(parts["P_a"][1, 3].detach()) == 0.0  # a <= k (window 1 has k = 2)
     # non-trivial: windows differ and the proximity part matters
-    assert float(parts["speed"].std()) > 1e-3 and float(parts["prox"].min()) > 0.01
+    assert float(parts["speed"].detach().std()) > 1e-3 and float(parts["prox"].detach().min()) > 0.01
     # gradients: "full" is the gradient of the exact expectation (rewards differentiated too),
     # "score" the gradient with the rewards held fixed
     for prox_grad, detach in (("full", False), ("score", True)):
