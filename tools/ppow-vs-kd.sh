@@ -19,10 +19,10 @@
 #
 # Usage:
 #   tools/ppow-vs-kd.sh --target T.gguf --train-cache DIR[,DIR..] --heldout-cache DIR -o OUT [options]
-#   tools/ppow-vs-kd.sh --toy -o OUT        # the whole protocol in seconds on the tests' tiny target
+#   tools/ppow-vs-kd.sh --toy -o OUT        # the whole protocol in minutes on the tests' tiny target
 set -euo pipefail
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; cat <<'EOF'
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; cat <<'EOF'
 
 Options:
   --target T            target GGUF or name (gemma3-270m, smollm2-135m)
@@ -112,6 +112,8 @@ PY
 fi
 [ -n "$TARGET" ] && [ -n "$TRAIN" ] && [ -n "$HELDOUT" ] || { echo "ppow-vs-kd: --target, --train-cache and --heldout-cache are required (or --toy)" >&2; exit 2; }
 EVAL=${EVAL:-$HELDOUT}
+TARGET=$("$PY" -c "import sys; from ppow.models import resolve_target; print(resolve_target(sys.argv[1]))" "$TARGET")
+[ -f "$TARGET" ] || { echo "ppow-vs-kd: no target GGUF $TARGET" >&2; exit 2; }
 CACHES=(); IFS=, read -ra _c <<< "$TRAIN"; for c in "${_c[@]}"; do CACHES+=(--cache "$c"); done
 TFLAG=(--target "$TARGET")
 read -ra KDA <<< "$KD_ARGS"; read -ra PPA <<< "$PPOW_ARGS"
