@@ -26,10 +26,31 @@ double MeasuredCost::value() const {
     return cal;
 }
 
-bool MeasuredCost::drifted() const {
-    if (!cal_known || !recent.full() || cal <= 0.0) return false;
-    const double r = recent.median() / cal;
-    return r > kDrift || r < 1.0 / kDrift;
+double CostModel::scaled(const MeasuredCost & c) const {
+    if (&c == &tv_[1]) return c.value();
+    const double t1 = plain_ms();
+    if (t1 > 0.0 && c.rel.size() >= MeasuredCost::kTrustRecent) return t1 * c.rel.median();
+    if (t1 > 0.0 && c.cal_known && tv_[1].cal_known && tv_[1].cal > 0.0) return t1 * c.cal / tv_[1].cal;
+    return c.value();
+}
+
+bool CostModel::cost_drifted(const MeasuredCost & c) const {
+    if (!c.cal_known || c.cal <= 0.0) return false;
+    double r;
+    if (&c == &tv_[1]) {
+        if (!c.recent.full()) return false;
+        r = c.recent.median() / c.cal;
+    } else {  // its ratio to the plain step
+        if (!c.rel.full() || !tv_[1].cal_known || tv_[1].cal <= 0.0) return false;
+        r = c.rel.median() / (c.cal / tv_[1].cal);
+    }
+    return r > MeasuredCost::kDrift || r < 1.0 / MeasuredCost::kDrift;
+}
+
+void CostModel::observe(MeasuredCost & c, double ms) {
+    c.recent.push(ms);
+    const double t1 = plain_ms();
+    if (&c != &tv_[1] && t1 > 0.0) c.rel.push(ms / t1);
 }
 
 static double median_of(const std::function<double()> & run, int warmup, int reps) {
@@ -73,8 +94,8 @@ bool CostModel::has_verify_costs() const {
 
 bool CostModel::drifted() const {
     for (const auto & c : tv_)
-        if (c.drifted()) return true;
-    return td_.drifted() || tc_.drifted();
+        if (cost_drifted(c)) return true;
+    return cost_drifted(td_) || cost_drifted(tc_);
 }
 
 bool CostModel::begin_generation() {
@@ -93,18 +114,18 @@ void CostModel::reset_acceptance() {
 }
 
 void CostModel::set_verify_cost(int n, double ms) {
-    if ((int) tv_.size() <= n) tv_.resize(n + 1);
+    if ((int) tv_.size() <= std::max(n, 1)) tv_.resize(std::max(n, 1) + 1);
     tv_[n].calibrate(ms);
 }
 
 void CostModel::observe_verify(int n, double ms) {
-    if ((int) tv_.size() <= n) tv_.resize(n + 1);
-    tv_[n].recent.push(ms);
+    if ((int) tv_.size() <= std::max(n, 1)) tv_.resize(std::max(n, 1) + 1);
+    observe(tv_[n], ms);
 }
 
-void CostModel::observe_draft_token(double ms) { td_.recent.push(ms); }
+void CostModel::observe_draft_token(double ms) { observe(td_, ms); }
 
-void CostModel::observe_catchup(double ms) { tc_.recent.push(ms); }
+void CostModel::observe_catchup(double ms) { observe(tc_, ms); }
 
 double CostModel::step_ms(int k, double expected) const {
     if (!tc_.known()) return verify_ms(k + 1) + k * draft_ms();
@@ -128,7 +149,7 @@ double CostModel::verify_ms(int n) const {
         if (i >= n && hi < 0) hi = i;
     }
     if (lo < 0 && hi < 0) return 0.0;
-    auto t = [&](int i) { return tv_[i].value(); };
+    auto t = [&](int i) { return scaled(tv_[i]); };
     if (lo == n) return t(n);
     if (lo < 0) return t(hi) * n / hi;
     if (hi < 0) {
@@ -274,7 +295,7 @@ std::string CostModel::to_json() const {
     for (int n = 1; n < (int) tv_.size(); ++n) {
         if (!tv_known(n)) continue;
         char buf[64];
-        std::snprintf(buf, sizeof buf, "%s\"%d\": %.4f", first ? "" : ", ", n, tv_[n].value());
+        std::snprintf(buf, sizeof buf, "%s\"%d\": %.4f", first ? "" : ", ", n, scaled(tv_[n]));
         s += buf;
         first = false;
     }

@@ -38,17 +38,20 @@ private:
     int next_ = 0, cap_;
 };
 
-// One measured cost: a calibrated value and the latest in-loop timings.
+// One measured cost: a calibrated value and the latest in-loop timings, absolute and relative to the
+// plain step's cost at the time (`rel`). Every cost but the plain step's is then estimated as the
+// plain step's current cost times its ratio: costs observed often (a plain step) and rarely (a
+// 3-row verify while auto decodes plainly) follow the machine's load together, so a busier machine
+// cannot make rarely seen sizes look cheap.
 struct MeasuredCost {
     static constexpr int kTrustRecent = 3;   // in-loop timings before they replace the calibration
     static constexpr double kDrift = 1.3;    // in-loop median this far (either way) from the calibration: stale
     double cal = 0.0;
     bool cal_known = false;
-    RecentMedian recent;
+    RecentMedian recent, rel;
     bool known() const { return cal_known || recent.size() > 0; }
-    double value() const;
-    bool drifted() const;
-    void calibrate(double ms) { cal = ms, cal_known = true, recent.clear(); }
+    double value() const;                    // absolute: in-loop median once trusted, else the calibration
+    void calibrate(double ms) { cal = ms, cal_known = true, recent.clear(), rel.clear(); }
 };
 
 class CostModel {
@@ -84,8 +87,8 @@ public:
     void observe_draft_token(double ms);
     void observe_catchup(double ms_per_position);
     double verify_ms(int n) const;               // n >= 1; linear inter/extrapolation
-    double draft_ms() const { return td_.value(); }
-    double catchup_ms() const { return tc_.value(); }
+    double draft_ms() const { return scaled(td_); }
+    double catchup_ms() const { return scaled(tc_); }
     // C(k) for a window of k tokens of which `expected` are expected to be accepted.
     double step_ms(int k, double expected) const;
     int max_measured() const { return (int) tv_.size() - 1; }
@@ -125,8 +128,14 @@ public:
 
 private:
     bool tv_known(int n) const { return n < (int) tv_.size() && tv_[n].known(); }
+    double plain_ms() const { return tv_known(1) ? tv_[1].value() : 0.0; }  // T(1) now
+    // A cost as the plain step's current cost times its ratio (in-loop ratios once trusted, else the
+    // calibrated ratio); absolute where no ratio is known.
+    double scaled(const MeasuredCost & c) const;
+    bool cost_drifted(const MeasuredCost & c) const;
+    void observe(MeasuredCost & c, double ms);
 
-    std::vector<MeasuredCost> tv_;  // tv_[n]: a target forward over n positions (index 0 unused)
+    std::vector<MeasuredCost> tv_ = std::vector<MeasuredCost>(2);  // tv_[n]: a forward over n positions (0 unused)
     int chunk_ = 1 << 20;      // largest single verify batch
     MeasuredCost td_;          // one single-token draft step
     MeasuredCost tc_;          // ms per committed position a drafter takes in (its catch-up)

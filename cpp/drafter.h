@@ -7,6 +7,7 @@
 #include "model.h"
 #include "sampling.h"
 
+#include <algorithm>
 #include <climits>
 #include <functional>
 #include <memory>
@@ -93,6 +94,7 @@ public:
     double time_step() override;
     double time_catchup(int n) override;
     int behind(int n_hist) const override;
+    void begin(int keep) override { synced_ = std::min(synced_, keep); }
 
     // Most committed tokens one catch-up takes in: after a longer idle run the drafter's cache restarts
     // with the latest ones (its context then begins there; positions restart at 0).

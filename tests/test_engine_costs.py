@@ -55,7 +55,7 @@ def test_a_cold_in_loop_timing_does_not_stick():
     assert c.verify_ms(2) == pytest.approx(1.28)
     c.observe_verify(2, 1.30)
     c.observe_verify(2, 1.31)
-    assert c.verify_ms(2) == pytest.approx(1.31)  # the median of the loop's own timings
+    assert c.verify_ms(2) == pytest.approx(1.31)  # the median of the loop's own timings (T(1) unchanged)
 
 
 def test_drift_triggers_recalibration_with_back_off():
@@ -80,6 +80,23 @@ def test_drift_triggers_recalibration_with_back_off():
     for _ in range(9):
         c.observe_verify(1, 6.0)
     assert [c.begin_generation() for _ in range(4)] == [False, False, False, True]  # gap 4
+
+
+def test_a_busier_machine_scales_every_size():
+    # A plain step is timed at every step, a 3-row verify only when auto drafts: when the machine gets
+    # busier, the rarely seen sizes must not stay at their quiet-time cost (drafting would then look
+    # cheap), nor the drafter's.
+    c = _core.CostModel()
+    c.calibrate([1, 2, 3], lambda n: {1: 10.0, 2: 15.0, 3: 20.0}[n], draft_step=lambda: 1.0)
+    for _ in range(3):
+        c.observe_verify(1, 30.0)
+    assert c.verify_ms(1) == pytest.approx(30.0)
+    assert c.verify_ms(2) == pytest.approx(45.0) and c.verify_ms(3) == pytest.approx(60.0)
+    assert c.draft_ms == pytest.approx(3.0)
+    # sizes seen in the loop keep their own ratio to the plain step of their time
+    for _ in range(3):
+        c.observe_verify(2, 33.0)  # 1.1 x the plain step now
+    assert c.verify_ms(2) == pytest.approx(33.0)
 
 
 def test_slower_in_loop_timings_within_tolerance_are_no_drift():
