@@ -15,8 +15,6 @@ import os
 import sys
 import time
 
-import torch
-
 from ppow.templates import TEMPLATES, parse_special
 
 
@@ -60,6 +58,10 @@ def build_parser():
     ap = argparse.ArgumentParser(prog="ppow-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
+    from .prompts import add_parser as add_prompts_parser
+
+    add_prompts_parser(sub)
+
     d = sub.add_parser("data", help="continue prompts greedily with the target and cache its tokens + top-k")
     d.add_argument("--target", default=None, help="GGUF file or HF dir (default: the packaged Gemma 3 270M)")
     d.add_argument("--backend", choices=["auto", "engine", "llama", "torch"], default="auto",
@@ -69,6 +71,8 @@ def build_parser():
                    help="engine: target hidden_states[k] to store, e.g. 2,9,15 (auto: EAGLE-3's low/middle/high "
                         "layers from the target's depth; 'none': no features)")
     d.add_argument("--n-parallel", type=int, default=32, help="engine: sequences in flight in one decode")
+    d.add_argument("--host-threads", type=int, default=0,
+                   help="engine: threads for the per-row softmax/top-k (0 = all cores; the ceiling on a GPU)")
     d.add_argument("--temp", type=float, default=0.0, help="engine: 0 = greedy; > 0 samples (seeded by --seed)")
     d.add_argument("--prompts", default=None, help="jsonl (text|turns) or plain text, one prompt per line")
     d.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0 = all cores; 1 on a busy machine)")
@@ -215,8 +219,7 @@ def _args_dict(args):
 
 
 def cmd_data(args):
-    from .cache import build_cache
-    from .data import load_target, read_prompts
+    from ppow.prompt_files import read_prompts
 
     path = _target_path(args.target)
     engine = args.backend == "engine" or (args.backend == "auto" and os.path.isfile(path) and path.endswith(".gguf")
@@ -231,9 +234,12 @@ def cmd_data(args):
             path, args.out, prompts, template=args.template, max_new=args.max_new, prompt_tail=args.prompt_tail,
             topk=args.topk, layers=[] if args.layers == "none" else args.layers, n_parallel=args.n_parallel,
             threads=args.threads, temp=args.temp, seed=args.seed, shard_size=args.shard_size or 64,
-            progress=not args.quiet, n_gpu_layers=args.n_gpu_layers)
+            progress=not args.quiet, n_gpu_layers=args.n_gpu_layers, host_threads=args.host_threads)
         print(json.dumps(summary))
         return
+    from .cache import build_cache  # the llama/torch backends: torch from here on
+    from .data import load_target
+
     if args.shard_size is None:
         args.shard_size = 256
     if not args.prompt_tail:  # 0 = whole prompt, as much as fits the context
@@ -441,12 +447,21 @@ def cmd_eval(args):
 def run(argv=None):
     """Parse and run one stage; errors propagate (tests and library callers use this)."""
     args = build_parser().parse_args(argv)
+    if args.cmd == "prompts":
+        from .prompts import run_prompts
+
+        args.target = _target_path(args.target)
+        res = run_prompts(args)
+        print(json.dumps(res))
+        return res
     _fill_defaults(args)
     if args.cmd == "data":
         return cmd_data(args)
     if args.cmd == "eval":
         return cmd_eval(args)
     from .common import dist_cleanup, dist_setup
+
+    import torch  # only the training stages need it: data and prompts run without torch (see cache_files.py)
 
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
@@ -466,7 +481,7 @@ def main(argv=None):
     """Console entry point: exit status 0 on success, 2 with a one-line error on bad input."""
     from ppow.errors import PpowError
 
-    from .common import NonFiniteError
+    from .cache_files import NonFiniteError  # torch-free: `data` and `prompts` never import torch
 
     try:
         run(argv)
