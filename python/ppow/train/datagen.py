@@ -93,6 +93,20 @@ def _write_shard(out_dir, number, records, prompts, n_layers, hidden_size):
     return summary
 
 
+def open_engine(target_path, n_parallel, ctx_per_seq, threads=0, n_gpu_layers=0):
+    """The batched data engine for `n_parallel` sequences of up to `ctx_per_seq` tokens each."""
+    from ppow import _core
+    from ppow.errors import PpowError
+
+    mp = _core.ModelParams()
+    mp.path, mp.n_threads, mp.n_parallel, mp.n_gpu_layers = target_path, threads, n_parallel, n_gpu_layers
+    mp.n_ctx, mp.n_batch, mp.batch_invariant = n_parallel * ctx_per_seq + 256, 512, False
+    try:
+        return _core.DataGen(mp)
+    except _core.EngineError as e:
+        raise PpowError(str(e)) from None
+
+
 def build_engine_cache(target_path, out_dir, prompts, *, template="raw", max_new=64, prompt_tail=64, topk=16,
                        layers=None, n_parallel=16, threads=0, temp=0.0, seed=0, shard_size=64, identity=None,
                        n_gpu_layers=0, host_threads=0, progress=True, log=print):
@@ -117,13 +131,7 @@ def build_engine_cache(target_path, out_dir, prompts, *, template="raw", max_new
     os.makedirs(out_dir, exist_ok=True)
 
     ctx_per_seq = 1 + prompt_tail + max_new + 1
-    mp = _core.ModelParams()
-    mp.path, mp.n_threads, mp.n_parallel, mp.n_gpu_layers = target_path, threads, n_parallel, n_gpu_layers
-    mp.n_ctx, mp.n_batch, mp.batch_invariant = n_parallel * ctx_per_seq + 256, 512, False
-    try:
-        gen = _core.DataGen(mp)
-    except _core.EngineError as e:
-        raise PpowError(str(e)) from None
+    gen = open_engine(target_path, n_parallel, ctx_per_seq, threads, n_gpu_layers)
     layers = [] if layers == [] else parse_layers(
         ",".join(map(str, layers)) if isinstance(layers, (list, tuple)) else layers, gen.n_layer)
     settings = dict(template=template, max_new=max_new, prompt_tail=prompt_tail, topk=topk, layers=layers,
@@ -155,9 +163,8 @@ def build_engine_cache(target_path, out_dir, prompts, *, template="raw", max_new
     longest = max((len(t) for t in todo_ids), default=0)
     if longest + max_new + 1 > ctx_per_seq:  # --prompt-tail 0 (whole prompts): size the context for them
         ctx_per_seq = longest + max_new + 1
-        mp.n_ctx = n_parallel * ctx_per_seq + 256
         del gen
-        gen = _core.DataGen(mp)
+        gen = open_engine(target_path, n_parallel, ctx_per_seq, threads, n_gpu_layers)
     params = _core.DataGenParams()
     params.max_new, params.topk, params.temp, params.seed, params.layers = max_new, topk, temp, seed, layers
     params.host_threads = host_threads

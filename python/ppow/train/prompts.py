@@ -80,6 +80,7 @@ def synthesize(target: str, raw_path: str, n: int, *, temp: float = 1.0, max_new
     from ppow.errors import PpowError
 
     from .cache_files import sha256_of
+    from .datagen import open_engine
 
     if n < 0 or not 1 <= n_parallel <= 256 or max_new < 1 or not temp > 0:
         raise ValueError("need --n >= 0, --n-parallel in [1, 256], --max-new >= 1 and --temp > 0 "
@@ -106,13 +107,7 @@ def synthesize(target: str, raw_path: str, n: int, *, temp: float = 1.0, max_new
         ids = tok.tokenize(opening, True, True)
         detok = tok.detokenize
         ctx_per_seq = len(ids) + max_new + 2
-        mp = _core.ModelParams()
-        mp.path, mp.n_threads, mp.n_parallel, mp.n_gpu_layers = target, threads, n_parallel, n_gpu_layers
-        mp.n_ctx, mp.n_batch, mp.batch_invariant = n_parallel * ctx_per_seq + 256, 512, False
-        try:
-            gen = _core.DataGen(mp)
-        except _core.EngineError as e:
-            raise PpowError(str(e)) from None
+        gen = open_engine(target, n_parallel, ctx_per_seq, threads, n_gpu_layers)
         params = _core.DataGenParams()
         params.max_new, params.topk, params.temp, params.seed, params.layers = max_new, 1, temp, seed, []
 
