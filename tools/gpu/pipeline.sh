@@ -9,6 +9,7 @@
 #   4 datagen     data engine tokens/s by sequences in flight and host threads (diag_datagen.py)
 #   5 chain       issue 21 on the GPU: prompts (SmolLM2 self-synthesis) -> Gemma data -> KD from the
 #                 shipped drafter -> eval on the dev cache -> GGUF, each stage its own process
+# (pip --target installs no console scripts there: the stages run as python3 -m ...)
 # Results go to $W/results (each step's output as soon as it exists); tools/gpu/device-poll.sh packs them.
 W=${W:-$HOME/w}
 R=$W/results
@@ -62,24 +63,24 @@ step torch 120 150 python3 $T/diag_torch.py --target $G --timeout 40
 step datagen 200 80 python3 $T/diag_datagen.py --target $G --prompts $P/specbench-dev.jsonl --configs 16:0,64:0,256:0,64:1 --seconds 15
 
 # 5. the issue-21 chain, every stage in its own process (torch and a CUDA ppow not yet in one)
-step prompts 330 90 ppow-train prompts --target $S -ngl -1 --n 3000 --n-parallel 256 --max-new 128 \
+step prompts 330 90 python3 -m ppow.train.cli prompts --target $S -ngl -1 --n 3000 --n-parallel 256 --max-new 128 \
   --include $P/train-prompts.jsonl --include-select long-answer --exclude $P/specbench-dev.jsonl -o $W/prompts.jsonl --quiet
 [ -f $W/prompts.jsonl ] && cp $W/prompts.jsonl.report.json $R/ || cp $P/prompts-fallback.jsonl $W/prompts.jsonl
-step devcache 300 60 ppow-train data --target $G --prompts $P/specbench-dev.jsonl --template qa --max-new 64 \
+step devcache 300 60 python3 -m ppow.train.cli data --target $G --prompts $P/specbench-dev.jsonl --template qa --max-new 64 \
   --prompt-tail 0 --layers auto --n-parallel 64 -ngl -1 --host-threads 16 -o $W/devcache --quiet
 DATA_S=$(( $(left) - 220 )); [ $DATA_S -gt 170 ] && DATA_S=170
 if [ $DATA_S -gt 40 ]; then
-  step data $DATA_S $DATA_S ppow-train data --target $G --prompts $W/prompts.jsonl --template qa --max-new 320 \
+  step data $DATA_S $DATA_S python3 -m ppow.train.cli data --target $G --prompts $W/prompts.jsonl --template qa --max-new 320 \
     --prompt-tail 256 --layers auto --topk 16 --n-parallel 128 -ngl -1 --host-threads 16 -o $W/cache --quiet
   du -sb $W/cache > $R/cache-size.txt; cat $W/cache/meta.json | head -c 4000 > $R/cache-meta.json
   KD_S=$(( $(left) - 90 )); [ $KD_S -gt 130 ] && KD_S=130
-  step kd 60 $(( KD_S + 40 )) ppow-train kd --cache $W/cache --allow-incomplete-cache --target $G --init $P/gemma-kd-hf \
+  step kd 60 $(( KD_S + 40 )) python3 -m ppow.train.cli kd --cache $W/cache --allow-incomplete-cache --target $G --init $P/gemma-kd-hf \
     --drafter-kind feature --ttt-steps 3 --batch-size 32 --chunk-len 640 --lr 1e-4 --schedule constant --steps 100000 \
     --cpu-budget $KD_S --precision bf16 --device cuda --save-every 100000 -o $W/kd --quiet
   cp $W/kd/metrics.jsonl $R/kd-metrics.jsonl 2>/dev/null
-  step convert 30 60 ppow-convert drafter $W/kd/final --target $G --fc-type q8_0 -o $R/gemma3-270m-kd-gpu.gguf
-  step eval-new 40 120 ppow-train eval --drafter $W/kd/final --cache $W/devcache --target $G --k 1,2,4 -o $R/eval-new.json --quiet
-  step eval-shipped 30 120 ppow-train eval --drafter $P/gemma-kd-hf --cache $W/devcache --target $G --k 1,2,4 -o $R/eval-shipped.json --quiet
+  step convert 30 60 python3 -m ppow_convert.cli drafter $W/kd/final --target $G --fc-type q8_0 -o $R/gemma3-270m-kd-gpu.gguf
+  step eval-new 40 120 python3 -m ppow.train.cli eval --drafter $W/kd/final --cache $W/devcache --target $G --k 1,2,4 -o $R/eval-new.json --quiet
+  step eval-shipped 30 120 python3 -m ppow.train.cli eval --drafter $P/gemma-kd-hf --cache $W/devcache --target $G --k 1,2,4 -o $R/eval-shipped.json --quiet
 fi
 stamp "done"
 touch "$W/done"
