@@ -53,13 +53,7 @@ void CostModel::observe(MeasuredCost & c, double ms) {
     if (&c != &tv_[1] && t1 > 0.0) c.rel.push(ms / t1);
 }
 
-static double median_of(const std::function<double()> & run, int warmup, int reps) {
-    for (int i = 0; i < warmup; ++i) run();
-    std::vector<double> t;
-    for (int i = 0; i < reps; ++i) {
-        const double ms = run();
-        if (ms > 0.0) t.push_back(ms);
-    }
+static double median(std::vector<double> t) {
     if (t.empty()) return 0.0;
     std::sort(t.begin(), t.end());
     return t[t.size() / 2];
@@ -67,18 +61,32 @@ static double median_of(const std::function<double()> & run, int warmup, int rep
 
 void CostModel::calibrate(const std::vector<int> & sizes, const std::function<double(int)> & measure,
                           const std::function<double()> & draft_step, const std::function<double()> & catchup) {
-    for (int n : sizes) {
-        if (measure(n) <= 0.0) continue;  // the first warm-up run also says whether n fits
-        const double ms = median_of([&] { return measure(n); }, kWarmup - 1, kReps);
-        if (ms > 0.0) set_verify_cost(n, ms);
-    }
-    if (draft_step) {
-        const double ms = median_of(draft_step, kWarmup, kReps);
-        if (ms > 0.0) td_.calibrate(ms);
-    }
-    if (catchup) {
-        const double ms = median_of(catchup, kWarmup, kReps);
-        if (ms > 0.0) tc_.calibrate(ms);
+    // Every run of a round times each shape once (and the drafter's step and catch-up): a load
+    // change on a shared machine then shifts all of them alike, and the ratios between them, which
+    // the model keeps, hold.
+    std::vector<std::function<double()>> runs;
+    std::vector<int> which;  // size n, or -1 the draft step, -2 the catch-up
+    for (int n : sizes)
+        if (measure(n) > 0.0) {  // the first warm-up run also says whether n fits
+            runs.push_back([&measure, n] { return measure(n); });
+            which.push_back(n);
+        }
+    if (draft_step) runs.push_back(draft_step), which.push_back(-1);
+    if (catchup) runs.push_back(catchup), which.push_back(-2);
+    for (int w = 0; w < kWarmup; ++w)
+        for (size_t i = 0; i < runs.size(); ++i)
+            if (w > 0 || which[i] < 0) runs[i]();
+    std::vector<std::vector<double>> t(runs.size());
+    for (int r = 0; r < kReps; ++r)
+        for (size_t i = 0; i < runs.size(); ++i) {
+            const double ms = runs[i]();
+            if (ms > 0.0) t[i].push_back(ms);
+        }
+    for (size_t i = 0; i < runs.size(); ++i) {
+        const double ms = median(t[i]);
+        if (ms <= 0.0) continue;
+        if (which[i] > 0) set_verify_cost(which[i], ms);
+        else (which[i] == -1 ? td_ : tc_).calibrate(ms);
     }
     if (calibrated_) recalibration_gap_ = std::min(2 * recalibration_gap_, kMaxRecalibrationGap);
     calibrated_ = true;

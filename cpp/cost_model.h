@@ -67,8 +67,8 @@ public:
 
     // Calibration. `measure(n)` times one target forward over n rows (<= 0: cannot, skip that size);
     // each size gets kWarmup untimed runs (a new batch shape builds graphs, faults weights in) and
-    // the median of kReps timed ones. The drafter's step and per-position catch-up likewise (null:
-    // none). Replaces what in-loop timings had taught.
+    // the median of kReps timed ones, the sizes taken in turn within each round. The drafter's step
+    // and per-position catch-up likewise (null: none). Replaces what in-loop timings had taught.
     void calibrate(const std::vector<int> & sizes, const std::function<double(int)> & measure,
                    const std::function<double()> & draft_step = nullptr,
                    const std::function<double()> & catchup = nullptr);

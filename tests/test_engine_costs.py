@@ -44,6 +44,22 @@ def test_calibration_takes_the_median():
     assert c.verify_ms(1) == pytest.approx(1.1)
 
 
+def test_calibration_takes_the_sizes_in_turn():
+    # The machine gets ten times busier part way through the calibration (a shared 2-core machine):
+    # taken in turn, every size sees the change alike and the ratios the model keeps still hold.
+    calls = []
+
+    def measure(n):
+        calls.append(n)
+        return {1: 1.0, 2: 1.5, 3: 2.0}[n] * (1.0 if len(calls) <= 12 else 10.0)
+
+    c = _core.CostModel()
+    c.calibrate([1, 2, 3], measure)
+    assert calls[:9] == [1, 2, 3] * 3
+    assert c.verify_ms(2) / c.verify_ms(1) == pytest.approx(1.5)
+    assert c.verify_ms(3) / c.verify_ms(1) == pytest.approx(2.0)
+
+
 def test_a_cold_in_loop_timing_does_not_stick():
     c = _core.CostModel()
     c.observe_verify(2, 6.35)  # the fixed-policy warm-up call before any calibration
