@@ -261,6 +261,26 @@ def test_ppow_runs_on_a_feature_drafter(work, tmp_path):
 # ------------------------------------------------------------------------------------------ eval
 
 
+def test_heldout_curve_is_logged_and_equals_eval(work, tmp_path):
+    """--eval-cache logs the held-out greedy-chain tau every --eval-every steps and at the end; the last
+    entry is what `ppow-train eval` says of the final drafter; the training cache is refused as held out."""
+    held = tmp_path / "held"
+    prompts = [{"text": f"held out question {i}: " + p, "category": "h", "id": str(i)} for i, p in enumerate(PROMPTS[:6])]
+    build_engine_cache(work["target"], str(held), prompts, max_new=24, topk=8, layers=LAYERS, n_parallel=4, threads=1,
+                       progress=False)
+    base = ["kd", "--cache", str(work["dir"] / "cache"), "--target", work["target"], *KD, "--steps", "6", "--save-every", "0"]
+    out = cli.run(base + ["-o", str(tmp_path / "kd"), "--eval-cache", str(held), "--eval-every", "3", "--eval-k", "3"])
+    rows = [json.loads(line) for line in open(tmp_path / "kd" / "metrics.jsonl")]
+    curve = [r for r in rows if r["stage"] == "heldout"]
+    assert [r["step"] for r in curve] == [3, 6] and all(r["sequences"] == 6 for r in curve)
+    assert len([r for r in rows if r["stage"] == "kd"]) == 6
+    assert all(1.0 <= r["tau_k3"] <= 4.0 and len(r["accept_by_position"]) == 3 for r in curve)
+    res = cli.run(["eval", "--drafter", out, "--cache", str(held), "--k", "3", "--quiet"])
+    assert curve[-1]["tau_k3"] == round(res["results"]["3"]["tau"], 4)
+    with pytest.raises(ValueError, match="not held out"):
+        cli.run(base + ["-o", str(tmp_path / "bad"), "--eval-cache", str(work["dir"] / "cache")])
+
+
 def test_eval_mirrors_the_runtime_greedy_chain(work):
     """simulate() equals a window-by-window replay with reference_draft_logits: the window after
     committed position t drafts from entries p < t on target features, then its own states."""

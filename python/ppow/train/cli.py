@@ -52,6 +52,12 @@ def add_common_train(ap):
                     help="bf16: autocast forward passes to bfloat16 (weights, optimizer and losses' "
                          "reductions stay fp32); about 2x faster on CPUs with AMX or AVX512-BF16")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--eval-cache", default=None,
+                    help="held-out cache (same target; never trained on): greedy-chain tau on it every "
+                         "--eval-every steps and at the end, logged to OUT/metrics.jsonl (stage 'heldout')")
+    ap.add_argument("--eval-every", type=int, default=0, help="steps between held-out evaluations (0 = only at the end)")
+    ap.add_argument("--eval-k", type=int, default=4, help="window length of the held-out tau")
+    ap.add_argument("--eval-limit", type=int, default=0, help="evaluate on the first N held-out sequences (0 = all)")
 
 
 def build_parser():
@@ -289,6 +295,42 @@ def _feature_target(args, cache, recorded=None):
     return os.path.abspath(path)
 
 
+def _heldout_eval(args, train_cache, vocab, rank):
+    """eval_fn(model) -> held-out metrics for loop.run, or None without --eval-cache. The held-out cache
+    must come from the training cache's target and share no sequence with it (checked by token ids)."""
+    if not args.eval_cache or rank != 0:
+        return None
+    from .cache import Cache
+    from .evaluate import simulate, summarize
+
+    held = Cache(args.eval_cache, expect_target_sha256=train_cache.meta["target"]["sha256"])
+    if held.layers != train_cache.layers:
+        raise ValueError(f"--eval-cache {args.eval_cache} holds other feature layers than the training cache")
+    n = len(held.seq_len) if args.eval_limit <= 0 else min(args.eval_limit, len(held.seq_len))
+    overlap = _shared_sequences(train_cache, held, range(n))
+    if overlap:
+        raise ValueError(f"--eval-cache shares {overlap} of its first {n} sequences with the training cache: "
+                         "it is not held out")
+    seqs, k = list(range(n)), args.eval_k
+
+    def eval_fn(model):
+        res = summarize(simulate(model, vocab, held, k, ctx_len=args.ctx_len or 0, seqs=seqs), held, k)
+        return {f"tau_k{k}": round(res["tau"], 4), "accept_by_position": [round(x or 0.0, 4) for x in res["accept_rate_by_position"]],
+                "sequences": n}
+    return eval_fn
+
+
+def _shared_sequences(a, b, b_seqs):
+    """How many of b's sequences b_seqs occur in cache a too (same token ids from start to end)."""
+    import hashlib
+
+    def key(c, s):
+        st = int(c.seq_start[s])
+        return hashlib.sha1(c.tokens[st:st + int(c.seq_len[s])].numpy().tobytes()).digest()
+    seen = {key(a, s) for s in range(len(a.seq_len))}
+    return sum(key(b, s) in seen for s in b_seqs)
+
+
 def cmd_kd(args, rank, world, device):
     from . import checkpoint as C
     from . import drafters, kd, loop
@@ -331,7 +373,8 @@ def cmd_kd(args, rank, world, device):
     if args.chunk_len > args.ctx_len > 0:
         args.chunk_len = args.ctx_len  # a chunk is the drafter's context window
     t0 = time.time()
-    final = loop.run(args, model, vocab, info, drafters.kd_step_fn(cache, vocab, args, rank), "kd", rank, world, device)
+    final = loop.run(args, model, vocab, info, drafters.kd_step_fn(cache, vocab, args, rank), "kd", rank, world, device,
+                     eval_fn=_heldout_eval(args, cache, vocab, rank))
     if rank == 0:
         print(json.dumps({"stage": "kd", "checkpoint": final, "seconds": round(time.time() - t0, 1)}))
     return final
@@ -375,7 +418,7 @@ def cmd_ppow(args, rank, world, device):
 
         target = load_target(_target_path(args.target), args.backend, n_ctx=4096)
     final = loop.run(args, model, vocab, info, ppow.make_step_fn(model, ref, cache, vocab, args, rank, target),
-                     "ppow", rank, world, device)
+                     "ppow", rank, world, device, eval_fn=_heldout_eval(args, cache, vocab, rank))
     if rank == 0:
         print(json.dumps({"stage": "ppow", "checkpoint": final, "seconds": round(time.time() - t0, 1)}))
     return final

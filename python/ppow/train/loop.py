@@ -58,8 +58,11 @@ class Trainer:
         return float(gn)
 
 
-def run(args, model, vocab, info, step_fn, stage, rank=0, world=1, device="cpu"):
-    """Run args.steps steps of step_fn(trainer, step) -> metrics dict; resumable; returns final dir."""
+def run(args, model, vocab, info, step_fn, stage, rank=0, world=1, device="cpu", eval_fn=None):
+    """Run args.steps steps of step_fn(trainer, step) -> metrics dict; resumable; returns final dir.
+
+    eval_fn(model) -> dict (a held-out evaluation) runs every args.eval_every steps and on the final
+    drafter; its CPU time is not counted against --cpu-budget (it measures, it does not train)."""
     out = args.out
     os.makedirs(out, exist_ok=True)
     ckpt = os.path.join(out, "ckpt")
@@ -92,6 +95,16 @@ def run(args, model, vocab, info, step_fn, stage, rank=0, world=1, device="cpu")
                          enabled=getattr(args, "precision", "fp32") == "bf16")
     # CPU-seconds of the steps (all threads of this process; carried across resumes in the checkpoint info)
     budget = getattr(args, "cpu_budget", 0) or 0
+    def heldout(step):
+        if eval_fn is None:
+            return
+        t0 = time.time()
+        res = eval_fn(model)
+        log.log(stage="heldout", of=stage, step=step, cpu_seconds=round(cpu_used, 2), eval_s=round(time.time() - t0, 1), **res)
+        if rank == 0 and not args.quiet:
+            print(f"[{stage}] step {step}: held-out " + ", ".join(f"{k} {v}" for k, v in res.items() if k.startswith("tau")))
+
+    every = getattr(args, "eval_every", 0) or 0
     for step in range(start, stop):
         if budget and cpu_used >= budget:
             stop = step  # the budget is spent: this is the final drafter
@@ -110,9 +123,12 @@ def run(args, model, vocab, info, step_fn, stage, rank=0, world=1, device="cpu")
             bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if isinstance(v, float)}, refresh=False)
         if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < stop:
             save(step + 1)
+        if every and (step + 1) % every == 0 and step + 1 < stop:
+            heldout(step + 1)
     if bar is not None:
         bar.close()
     save(stop)
+    heldout(stop)
     final = os.path.join(out, "final")
     done = stop == args.steps or (budget and cpu_used >= budget)
     if done and rank == 0:
