@@ -3,6 +3,7 @@
 # build llama-cpp-python 0.3.36 with CUDA and ppow against it (one --target dir), assemble the models
 # from the pieces later calls drop into $W/pieces, then run, most valuable first, each step bounded by
 # the deadline in $W/deadline (epoch seconds):
+#   0 numpy       numpy before a CUDA Generator: which variant crashes, and where (tools/gpu/diag_numpy.py)
 #   1 invariance  which batch shapes give bitwise-equal rows (tools/gpu/diag_invariance.py)
 #   2 exact       ppow greedy speculative vs plain on the GPU, fixed-width padding on/off (diag_exact.py)
 #   3 torch       torch beside ppow: crash variants, ldd, candidate fixes (diag_torch.py)
@@ -35,6 +36,7 @@ PYTHONPATH="$W/site" CMAKE_PREFIX_PATH="$W/site" CMAKE_BUILD_PARALLEL_LEVEL=16 \
 rc=$?; stamp "ppow rc=$rc"; [ $rc = 0 ] || { tail -50 "$R/build-ppow.log" > "$R/build-ppow.tail"; touch "$W/done"; exit 1; }
 export PYTHONPATH="$W/site" PYTHONUNBUFFERED=1 PATH="$W/site/bin:$PATH"
 python3 -c "from ppow import _core; import json; print(json.dumps(_core.build_info()))" > "$R/build-info.json" 2>&1
+cc -shared -fPIC -O1 -o "$W/segv_backtrace.so" "$W/ppow/tools/gpu/segv_backtrace.c" -ldl 2> "$R/segv-build.err"
 
 # the models, from the pieces the next calls bring
 while [ "$(ls pieces/gemma.* 2>/dev/null | wc -l)" -lt 5 ] || [ "$(ls pieces/smol.* 2>/dev/null | wc -l)" -lt 2 ]; do sleep 1; done
@@ -53,11 +55,16 @@ step() {  # step NAME MIN_SECONDS_LEFT TIMEOUT CMD...: skipped when the deadline
   stamp "$name rc=$rc"; return $rc
 }
 
+# 0. numpy before a CUDA Generator segfaulted (2026-12-04): native + Python backtraces of each variant
+step numpy 150 240 python3 $T/diag_numpy.py --target $G --preload $W/segv_backtrace.so --timeout 60
+
+if [ -n "${RUN_INVARIANCE:-}" ]; then  # measured on 2026-12-04 (docs/bench/gpu-h200-2026-12-04): off by default
 for fa in -1 0; do for graphs in on off; do
   env_g=""; [ $graphs = off ] && env_g="GGML_CUDA_DISABLE_GRAPHS=1"
   step "invariance-fa$fa-graphs-$graphs" 60 60 env $env_g python3 $T/diag_invariance.py --target $G \
     --prompts $P/specbench-dev.jsonl --fa $fa --prefix 200 --rows 16 --widths 2,4,8,16
 done; done
+fi
 step exact 120 90 python3 $T/diag_exact.py --target $G --drafter $P/gemma3-270m-kd.gguf --prompts $P/specbench-dev.jsonl --n 24
 step torch 120 150 python3 $T/diag_torch.py --target $G --timeout 40
 step datagen 200 80 python3 $T/diag_datagen.py --target $G --prompts $P/specbench-dev.jsonl --configs 16:0,64:0,256:0,64:1 --seconds 15
