@@ -1,0 +1,39 @@
+#!/bin/bash
+# Issue 21's data recipe as one resumable script: prompts of the target's own kind, then each target
+# answers them through the data engine, greedy first, then a sampled second pass (temperature 0.8, its own
+# cache) for more positions and varied answers. Every stage resumes where a killed run stopped, so the
+# same command continues the build in a later session. Caches live outside the repository.
+#   nohup nice -n 5 bash tools/build-data.sh /work/data >> /work/data/build.log 2>&1 &
+# Env: SHARED (default ../shared/data next to the repo), THREADS (2), STAGES (default: all, in order:
+# prompts gemma smollm2 gemma-t08 smollm2-t08).
+set -u
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+D=${1:?usage: build-data.sh OUT_DIR}
+S=${SHARED:-$REPO/../shared/data}
+THREADS=${THREADS:-2}
+STAGES=${STAGES:-"prompts gemma smollm2 gemma-t08 smollm2-t08"}
+mkdir -p "$D"
+stamp() { echo "[$(date -u +%FT%TZ)] $*"; }
+data() {  # data NAME TARGET TEMPLATE [extra flags]: one target's answers to the prompts, one cache
+  local name=$1 target=$2 template=$3; shift 3
+  stamp "$name: $target answers ($template template)"
+  ppow-train data --target "$target" --prompts "$D/prompts-v1.jsonl" --template "$template" --max-new 320 \
+    --prompt-tail 256 --layers auto --topk 16 --n-parallel 16 --threads "$THREADS" -o "$D/$name" --quiet "$@" || exit 1
+  stamp "$name done"
+}
+for stage in $STAGES; do
+  case $stage in
+    prompts)
+      stamp "prompts: synthesise 600 with smollm2-135m, add the long-answer subset, filter"
+      ppow-train prompts --target smollm2-135m --n 600 --temp 1.0 --max-new 128 --n-parallel 64 --threads "$THREADS" \
+        --include "$S/train-prompts.jsonl" --include-select long-answer --exclude "$S/specbench-dev.jsonl" \
+        -o "$D/prompts-v1.jsonl" --quiet || exit 1
+      stamp "prompts done: $(wc -l < "$D/prompts-v1.jsonl")" ;;
+    gemma) data gemma-v1 gemma3-270m qa ;;
+    smollm2) data smollm2-v1 smollm2-135m chat ;;
+    gemma-t08) data gemma-v1-t08 gemma3-270m qa --temp 0.8 --seed 1 ;;
+    smollm2-t08) data smollm2-v1-t08 smollm2-135m chat --temp 0.8 --seed 1 ;;
+    *) echo "unknown stage $stage" >&2; exit 2 ;;
+  esac
+done
+stamp "all done"
