@@ -13,7 +13,8 @@ run data ${DATA_S:-80} python3 -m ppow.train.cli data --target $G --prompts $P/p
 du -sb $W/cache > $R/cache-size.txt; python3 -c "import json;m=json.load(open('$W/cache/meta.json'));print(json.dumps(dict(shards=len(m['shards']),sequences=sum(s['sequences'] for s in m['shards']),positions=sum(s['positions'] for s in m['shards']),new_tokens=sum(s['new_tokens'] for s in m['shards']))))" > $R/cache-summary.json
 run kd $(( ${KD_S:-50} + 60 )) python3 -m ppow.train.cli kd --cache $W/cache --allow-incomplete-cache --target $G --init $P/gemma-kd-hf \
   --drafter-kind feature --ttt-steps 3 --batch-size 32 --chunk-len 640 --lr 1e-4 --schedule constant --steps 100000 \
-  --cpu-budget ${KD_S:-50} --threads 2 --precision bf16 --device cuda --save-every 100000 -o $W/kd --quiet
+  --cpu-budget ${KD_S:-50} --threads 2 --precision bf16 --device cuda --save-every 100000 \
+  --eval-cache $W/devcache --eval-every 200 --eval-limit 96 -o $W/kd --quiet
 cp $W/kd/metrics.jsonl $R/kd-metrics.jsonl
 run convert 40 python3 -m ppow_convert.cli drafter $W/kd/final --target $G --fc-type q8_0 -o $R/gemma3-270m-kd-gpu.gguf
 run eval-new 60 python3 -m ppow.train.cli eval --drafter $W/kd/final --cache $W/devcache --target $G --k 1,2,4 -o $R/eval-new.json --quiet &

@@ -83,7 +83,8 @@ if [ $DATA_S -gt 40 ]; then
   KD_S=$(( $(left) - 90 )); [ $KD_S -gt 130 ] && KD_S=130
   step kd 60 $(( KD_S + 40 )) python3 -m ppow.train.cli kd --cache $W/cache --allow-incomplete-cache --target $G --init $P/gemma-kd-hf \
     --drafter-kind feature --ttt-steps 3 --batch-size 32 --chunk-len 640 --lr 1e-4 --schedule constant --steps 100000 \
-    --cpu-budget $KD_S --precision bf16 --device cuda --save-every 100000 -o $W/kd --quiet
+    --cpu-budget $KD_S --precision bf16 --device cuda --save-every 100000 \
+    --eval-cache $W/devcache --eval-every 200 --eval-limit 96 -o $W/kd --quiet
   cp $W/kd/metrics.jsonl $R/kd-metrics.jsonl 2>/dev/null
   step convert 30 60 python3 -m ppow_convert.cli drafter $W/kd/final --target $G --fc-type q8_0 -o $R/gemma3-270m-kd-gpu.gguf
   step eval-new 40 120 python3 -m ppow.train.cli eval --drafter $W/kd/final --cache $W/devcache --target $G --k 1,2,4 -o $R/eval-new.json --quiet
