@@ -279,6 +279,34 @@ def test_heldout_curve_is_logged_and_equals_eval(work, tmp_path):
     assert curve[-1]["tau_k3"] == round(res["results"]["3"]["tau"], 4)
     with pytest.raises(ValueError, match="not held out"):
         cli.run(base + ["-o", str(tmp_path / "bad"), "--eval-cache", str(work["dir"] / "cache")])
+    with pytest.raises(ValueError, match="needs a held-out curve"):
+        cli.run(base + ["-o", str(tmp_path / "bad"), "--early-stop", "2"])
+
+
+def test_early_stop_keeps_the_plateaus_best_drafter(work, tmp_path):
+    """--early-stop P: the run stops after P evaluations without a gain and OUT/final is the best evaluated
+    drafter. An eps no gain can reach makes the first evaluation the best and stops after P more."""
+    held = tmp_path / "held"
+    prompts = [{"text": f"another held out one {i}: " + p, "category": "h", "id": str(i)} for i, p in enumerate(PROMPTS[:4])]
+    build_engine_cache(work["target"], str(held), prompts, max_new=16, topk=8, layers=LAYERS, n_parallel=4, threads=1,
+                       progress=False)
+    out = cli.run(["kd", "--cache", str(work["dir"] / "cache"), "--target", work["target"], *KD, "--steps", "40",
+                   "--save-every", "0", "-o", str(tmp_path / "kd"), "--eval-cache", str(held), "--eval-every", "2",
+                   "--early-stop", "2", "--early-stop-eps", "10"])
+    rows = [json.loads(line) for line in open(tmp_path / "kd" / "metrics.jsonl")]
+    curve = [r for r in rows if r["stage"] == "heldout"]
+    assert [r["step"] for r in curve] == [2, 4, 6] and all(r["best_step"] == 2 for r in curve)
+    assert len([r for r in rows if r["stage"] == "kd"]) == 6  # stopped at the plateau, not at --steps 40
+    assert out.endswith("final") and C.read_info(out)["step"] == 2
+    a = load_file(str(tmp_path / "kd" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "kd" / "best" / "model.safetensors"))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    res = cli.run(["eval", "--drafter", out, "--cache", str(held), "--k", "4", "--quiet"])
+    assert round(res["results"]["4"]["tau"], 4) == curve[0]["tau_k4"]
+    again = cli.run(["kd", "--cache", str(work["dir"] / "cache"), "--target", work["target"], *KD, "--steps", "40",
+                     "--save-every", "0", "-o", str(tmp_path / "kd"), "--eval-cache", str(held), "--eval-every", "2",
+                     "--early-stop", "2", "--early-stop-eps", "10", "--resume"])
+    assert again == out and len(open(tmp_path / "kd" / "metrics.jsonl").readlines()) == len(rows)  # nothing more to do
 
 
 def test_eval_mirrors_the_runtime_greedy_chain(work):

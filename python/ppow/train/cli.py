@@ -58,6 +58,10 @@ def add_common_train(ap):
     ap.add_argument("--eval-every", type=int, default=0, help="steps between held-out evaluations (0 = only at the end)")
     ap.add_argument("--eval-k", type=int, default=4, help="window length of the held-out tau")
     ap.add_argument("--eval-limit", type=int, default=0, help="evaluate on the first N held-out sequences (0 = all)")
+    ap.add_argument("--early-stop", type=int, default=0, metavar="P",
+                    help="stop once P held-out evaluations in a row gained less than --early-stop-eps; OUT/final "
+                         "is then the best evaluated drafter (OUT/best)")
+    ap.add_argument("--early-stop-eps", type=float, default=0.005, help="held-out tau gain that counts (default 0.005)")
 
 
 def build_parser():
@@ -298,6 +302,10 @@ def _feature_target(args, cache, recorded=None):
 def _heldout_eval(args, train_cache, vocab, rank):
     """eval_fn(model) -> held-out metrics for loop.run, or None without --eval-cache. The held-out cache
     must come from the training cache's target and share no sequence with it (checked by token ids)."""
+    if args.early_stop and not (args.eval_cache and args.eval_every > 0):
+        raise ValueError("--early-stop needs a held-out curve: --eval-cache DIR and --eval-every N")
+    if args.early_stop < 0 or args.eval_every < 0 or args.eval_k < 1:
+        raise ValueError("--early-stop and --eval-every must be >= 0, --eval-k >= 1")
     if not args.eval_cache or rank != 0:
         return None
     from .cache import Cache

@@ -9,6 +9,7 @@ Layout of a run dir OUT:
 
 import json
 import os
+import shutil
 import time
 
 import torch
@@ -62,12 +63,16 @@ def run(args, model, vocab, info, step_fn, stage, rank=0, world=1, device="cpu",
     """Run args.steps steps of step_fn(trainer, step) -> metrics dict; resumable; returns final dir.
 
     eval_fn(model) -> dict (a held-out evaluation) runs every args.eval_every steps and on the final
-    drafter; its CPU time is not counted against --cpu-budget (it measures, it does not train)."""
+    drafter; its CPU time is not counted against --cpu-budget (it measures, it does not train).
+    With args.early_stop P, the run stops once P evaluations in a row brought no gain of
+    args.early_stop_eps over the best held-out tau; OUT/best holds the best drafter so far and becomes
+    OUT/final (the plateau's drafter, not the last one)."""
     out = args.out
     os.makedirs(out, exist_ok=True)
     ckpt = os.path.join(out, "ckpt")
     tr = Trainer(model, args, rank, world, device)
     start, cpu_used = 0, 0.0
+    plateau = {"best": None, "best_step": None, "since": 0}  # the held-out curve's state, resumed with the run
     if args.resume:
         src = ckpt if C.has_trainer_state(ckpt) else (ckpt + ".old" if C.has_trainer_state(ckpt + ".old") else None)
         if src is not None:
@@ -75,6 +80,7 @@ def run(args, model, vocab, info, step_fn, stage, rank=0, world=1, device="cpu",
             old_info = C.read_info(src)
             start, _, _ = C.load_trainer_state(src, tr.opt)
             cpu_used = float(old_info.get("cpu_seconds", 0.0))
+            plateau.update(old_info.get("heldout", {}))
             changed = {k: (old_info.get("args", {}).get(k), v) for k, v in info.get("args", {}).items()
                        if k not in ("resume", "stop_after", "steps", "out") and old_info.get("args", {}).get(k) != v}
             if changed and rank == 0:
@@ -87,7 +93,7 @@ def run(args, model, vocab, info, step_fn, stage, rank=0, world=1, device="cpu",
 
     def save(step):
         if rank == 0:
-            C.save_checkpoint(ckpt, model, vocab, dict(info, step=step, cpu_seconds=round(cpu_used, 2)),
+            C.save_checkpoint(ckpt, model, vocab, dict(info, step=step, cpu_seconds=round(cpu_used, 2), heldout=plateau),
                               optimizer=tr.opt, step=step)
 
     # bf16 autocast: matmuls in bfloat16, softmax/log-softmax and reductions in fp32 (torch's autocast policy)
@@ -95,16 +101,34 @@ def run(args, model, vocab, info, step_fn, stage, rank=0, world=1, device="cpu",
                          enabled=getattr(args, "precision", "fp32") == "bf16")
     # CPU-seconds of the steps (all threads of this process; carried across resumes in the checkpoint info)
     budget = getattr(args, "cpu_budget", 0) or 0
+    patience = getattr(args, "early_stop", 0) or 0
+    best_dir = os.path.join(out, "best")
+
     def heldout(step):
+        """Evaluate; True when the curve has plateaued (--early-stop evaluations without a gain)."""
         if eval_fn is None:
-            return
+            return False
         t0 = time.time()
         res = eval_fn(model)
-        log.log(stage="heldout", of=stage, step=step, cpu_seconds=round(cpu_used, 2), eval_s=round(time.time() - t0, 1), **res)
+        tau = next(v for k, v in res.items() if k.startswith("tau"))
+        gain = plateau["best"] is None or tau > plateau["best"] + (getattr(args, "early_stop_eps", 0.0) or 0.0)
+        if gain:
+            plateau.update(best=tau, best_step=step, since=0)
+            if rank == 0 and patience:
+                C.save_checkpoint(best_dir, model, vocab, dict(info, step=step, cpu_seconds=round(cpu_used, 2), heldout=dict(plateau)))
+        else:
+            plateau["since"] += 1
+        log.log(stage="heldout", of=stage, step=step, cpu_seconds=round(cpu_used, 2), eval_s=round(time.time() - t0, 1),
+                best=plateau["best"], best_step=plateau["best_step"], **res)
         if rank == 0 and not args.quiet:
-            print(f"[{stage}] step {step}: held-out " + ", ".join(f"{k} {v}" for k, v in res.items() if k.startswith("tau")))
+            print(f"[{stage}] step {step}: held-out " + ", ".join(f"{k} {v}" for k, v in res.items() if k.startswith("tau")) +
+                  f" (best {plateau['best']} at step {plateau['best_step']})")
+        return bool(patience) and plateau["since"] >= patience
 
     every = getattr(args, "eval_every", 0) or 0
+    plateaued = bool(patience) and plateau["since"] >= patience  # a resumed run that had already plateaued
+    if plateaued:
+        stop = start
     for step in range(start, stop):
         if budget and cpu_used >= budget:
             stop = step  # the budget is spent: this is the final drafter
@@ -123,16 +147,26 @@ def run(args, model, vocab, info, step_fn, stage, rank=0, world=1, device="cpu",
             bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if isinstance(v, float)}, refresh=False)
         if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < stop:
             save(step + 1)
-        if every and (step + 1) % every == 0 and step + 1 < stop:
-            heldout(step + 1)
+        if every and (step + 1) % every == 0 and step + 1 < stop and heldout(step + 1):
+            stop = step + 1  # the held-out curve has plateaued
+            plateaued = True
+            break
     if bar is not None:
         bar.close()
     save(stop)
-    heldout(stop)
+    if not plateaued:
+        plateaued = heldout(stop)
     final = os.path.join(out, "final")
-    done = stop == args.steps or (budget and cpu_used >= budget)
+    done = stop == args.steps or (budget and cpu_used >= budget) or plateaued
     if done and rank == 0:
-        C.save_checkpoint(final, model, vocab, dict(info, step=stop, cpu_seconds=round(cpu_used, 2)))
+        if patience and os.path.isdir(best_dir):  # the plateau's best drafter is the result
+            tmp = final + ".tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(best_dir, tmp)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+        else:
+            C.save_checkpoint(final, model, vocab, dict(info, step=stop, cpu_seconds=round(cpu_used, 2)))
     if world > 1:
         import torch.distributed as dist
 
