@@ -10,6 +10,7 @@
 #   4 datagen     data engine tokens/s by sequences in flight and host threads (diag_datagen.py)
 #   5 chain       issue 21 on the GPU: prompts (SmolLM2 self-synthesis) -> Gemma data -> KD from the
 #                 shipped drafter -> eval on the dev cache -> GGUF, each stage its own process
+#   6 step-timing seconds per update of KD, PPOW expected and PPOW sampled (tools/ppow-step-timing.py)
 # (pip --target installs no console scripts there: the stages run as python3 -m ...)
 # Results go to $W/results (each step's output as soon as it exists); tools/gpu/device-poll.sh packs them.
 W=${W:-$HOME/w}
@@ -90,5 +91,7 @@ if [ $DATA_S -gt 40 ]; then
   step eval-new 40 120 python3 -m ppow.train.cli eval --drafter $W/kd/final --cache $W/devcache --target $G --k 1,2,4 -o $R/eval-new.json --quiet
   step eval-shipped 30 120 python3 -m ppow.train.cli eval --drafter $P/gemma-kd-hf --cache $W/devcache --target $G --k 1,2,4 -o $R/eval-shipped.json --quiet
 fi
+# 6. issue 23 on the GPU: seconds per update of KD, PPOW expected and PPOW sampled (torch only, no Generator)
+step step-timing 60 120 python3 $W/ppow/tools/ppow-step-timing.py --device cuda --steps 12 -o $R/step-timing.json
 stamp "done"
 touch "$W/done"
