@@ -4,7 +4,7 @@
 # from the pieces later calls drop into $W/pieces, then run, most valuable first, each step bounded by
 # the deadline in $W/deadline (epoch seconds):
 #   0 numpy       numpy before a CUDA Generator: which variant crashes, and where (tools/gpu/diag_numpy.py)
-#   1 invariance  which batch shapes give bitwise-equal rows (tools/gpu/diag_invariance.py)
+#   1 invariance  which batch shapes give bitwise-equal rows (tools/gpu/diag_invariance.py; RUN_INVARIANCE=1)
 #   2 exact       ppow greedy speculative vs plain on the GPU, fixed-width padding on/off (diag_exact.py)
 #   3 torch       torch beside ppow: crash variants, ldd, candidate fixes (diag_torch.py)
 #   4 datagen     data engine tokens/s by sequences in flight and host threads (diag_datagen.py)
