@@ -272,7 +272,7 @@ def test_heldout_curve_is_logged_and_equals_eval(work, tmp_path):
     out = cli.run(base + ["-o", str(tmp_path / "kd"), "--eval-cache", str(held), "--eval-every", "3", "--eval-k", "3"])
     rows = [json.loads(line) for line in open(tmp_path / "kd" / "metrics.jsonl")]
     curve = [r for r in rows if r["stage"] == "heldout"]
-    assert [r["step"] for r in curve] == [3, 6] and all(r["sequences"] == 6 for r in curve)
+    assert [r["step"] for r in curve] == [0, 3, 6] and all(r["sequences"] == 6 for r in curve)
     assert len([r for r in rows if r["stage"] == "kd"]) == 6
     assert all(1.0 <= r["tau_k3"] <= 4.0 and len(r["accept_by_position"]) == 3 for r in curve)
     res = cli.run(["eval", "--drafter", out, "--cache", str(held), "--k", "3", "--quiet"])
@@ -285,7 +285,8 @@ def test_heldout_curve_is_logged_and_equals_eval(work, tmp_path):
 
 def test_early_stop_keeps_the_plateaus_best_drafter(work, tmp_path):
     """--early-stop P: the run stops after P evaluations without a gain and OUT/final is the best evaluated
-    drafter. An eps no gain can reach makes the first evaluation the best and stops after P more."""
+    drafter. An eps no gain can reach makes the first evaluation (the initial drafter, step 0) the best
+    and stops after P more."""
     held = tmp_path / "held"
     prompts = [{"text": f"another held out one {i}: " + p, "category": "h", "id": str(i)} for i, p in enumerate(PROMPTS[:4])]
     build_engine_cache(work["target"], str(held), prompts, max_new=16, topk=8, layers=LAYERS, n_parallel=4, threads=1,
@@ -295,9 +296,9 @@ def test_early_stop_keeps_the_plateaus_best_drafter(work, tmp_path):
                    "--early-stop", "2", "--early-stop-eps", "10"])
     rows = [json.loads(line) for line in open(tmp_path / "kd" / "metrics.jsonl")]
     curve = [r for r in rows if r["stage"] == "heldout"]
-    assert [r["step"] for r in curve] == [2, 4, 6] and all(r["best_step"] == 2 for r in curve)
-    assert len([r for r in rows if r["stage"] == "kd"]) == 6  # stopped at the plateau, not at --steps 40
-    assert out.endswith("final") and C.read_info(out)["step"] == 2
+    assert [r["step"] for r in curve] == [0, 2, 4] and all(r["best_step"] == 0 for r in curve)
+    assert len([r for r in rows if r["stage"] == "kd"]) == 4  # stopped at the plateau, not at --steps 40
+    assert out.endswith("final") and C.read_info(out)["step"] == 0
     a = load_file(str(tmp_path / "kd" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "kd" / "best" / "model.safetensors"))
     assert all(np.array_equal(a[k], b[k]) for k in a)

@@ -129,6 +129,8 @@ def run(args, model, vocab, info, step_fn, stage, rank=0, world=1, device="cpu",
     plateaued = bool(patience) and plateau["since"] >= patience  # a resumed run that had already plateaued
     if plateaued:
         stop = start
+    elif every and start == 0:
+        heldout(0)  # the curve starts at the initial drafter (with --init, the start may stay the best)
     for step in range(start, stop):
         if budget and cpu_used >= budget:
             stop = step  # the budget is spent: this is the final drafter
