@@ -114,6 +114,27 @@ def test_prompts_cli_refuses_missing_exclude(tmp_path):
     assert not (tmp_path / "p.jsonl").exists()
 
 
+def test_include_by_source_and_seeded_sample(tmp_path):
+    """--include-source keeps the sources a regex matches; --include-limit takes a seeded sample of them."""
+    from ppow.train.cli import run
+
+    src = tmp_path / "mix.jsonl"
+    rows = [{"text": f"Natalia sold {i} clips to her friends in April and half as many in May; how many in total?",
+             "source": "gsm8k"} for i in range(30)] + \
+           [{"text": f"Write a short story about a lighthouse keeper number {i} and a storm.", "source": "t0/story"}
+            for i in range(30)]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "math.jsonl"
+    res = run(["prompts", "--include", str(src), "--include-source", "^gsm8k", "--include-limit", "12",
+               "--exclude", "none", "-o", str(out), "--quiet"])
+    kept = [json.loads(line) for line in open(out)]
+    assert res["kept"] == len(kept) and 0 < len(kept) <= 12 and all(r["source"] == "gsm8k" for r in kept)
+    again = tmp_path / "again.jsonl"
+    run(["prompts", "--include", str(src), "--include-source", "^gsm8k", "--include-limit", "12",
+         "--exclude", "none", "-o", str(again), "--quiet"])
+    assert sorted(json.loads(line)["text"] for line in open(again)) == sorted(r["text"] for r in kept)
+
+
 @pytest.mark.real
 def test_self_synthesis_smollm2_resumes_and_decontaminates(smollm2_gguf, tmp_path):
     from ppow.train.cli import run

@@ -138,8 +138,10 @@ def clean_request(text: str) -> str:
     return text.strip()
 
 
-def include_prompts(path: str, select: str | None) -> list:
-    """(text, source) of an existing prompt file; select='long-answer' keeps LONG_ANSWER_SOURCES."""
+def include_prompts(path: str, select: str | None, source_re: str | None = None) -> list:
+    """(text, source) of an existing prompt file; select='long-answer' keeps LONG_ANSWER_SOURCES,
+    source_re keeps the sources it matches (re.search)."""
+    source_pat = re.compile(source_re) if source_re else None
     out = []
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -149,6 +151,8 @@ def include_prompts(path: str, select: str | None) -> list:
             text = obj.get("text") or (obj.get("turns") or [""])[0]
             source = obj.get("source", os.path.basename(path))
             if select == "long-answer" and not LONG_ANSWER_SOURCES.search(source):
+                continue
+            if source_pat is not None and not source_pat.search(source):
                 continue
             out.append((text, source))
     return out
@@ -206,7 +210,10 @@ def run_prompts(args) -> dict:
         unfinished = sum(1 for i, r in recs.items() if i < args.n and r["stop"] != "eos")
     else:
         unfinished = 0
-    included = [p for path in (args.include or []) for p in include_prompts(path, args.include_select)]
+    included = [p for path in (args.include or []) for p in include_prompts(path, args.include_select, args.include_source)]
+    if args.include_limit and len(included) > args.include_limit:  # a seeded sample, in file order
+        keep = sorted(random.Random(args.seed).sample(range(len(included)), args.include_limit))
+        included = [included[i] for i in keep]
     kept, report = build_prompt_set(synth, included, exclude, min_chars=args.min_chars, max_chars=args.max_chars,
                                     seed=args.seed)
     report["counts"]["synthesis_not_ended"] = unfinished
@@ -234,6 +241,9 @@ def add_parser(sub):
     p.add_argument("--include", action="append", default=None, help="existing prompt jsonl to add (repeatable)")
     p.add_argument("--include-select", choices=["all", "long-answer"], default="all",
                    help="long-answer: only train-prompts.jsonl sources with long answers")
+    p.add_argument("--include-source", default=None, metavar="REGEX",
+                   help="only included prompts whose source matches (e.g. '^gsm8k' for math word problems)")
+    p.add_argument("--include-limit", type=int, default=0, help="a seeded random sample of this many included prompts")
     p.add_argument("--exclude", action="append", default=None,
                    help="benchmark prompts (jsonl with turns/text, or text) whose near-copies are dropped (repeatable; "
                         "required: 'none' to skip)")
