@@ -22,6 +22,7 @@ from safetensors.numpy import save_file
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 import llama_cpp
+import ppow
 import tinymodels
 from ppow_convert import cli, convert_drafter, convert_hf
 from ppow_convert.safetensors_io import read_file
@@ -302,3 +303,16 @@ def test_drafter_with_gemma_tokenizer(gemma_gguf, tmp_path):
             ids = target.tokenize(s.encode(), add_bos=True, special=special)
             assert drafter.tokenize(s.encode(), add_bos=True, special=special) == ids
             assert drafter.detokenize(ids) == target.detokenize(ids)
+
+
+def test_cli_takes_a_shipped_target_by_name(gemma_gguf, tmp_path, capsys):
+    """`--target gemma3-270m` means the packaged GGUF, as in ppow-train; an unknown name stays a missing file."""
+    from ppow_convert.cli import main
+
+    drafter = os.path.join(os.path.dirname(ppow.__file__), "drafters", "gemma3-270m-kd.gguf")
+    assert main(["drafter", drafter, "--to", "hf", "--target", "gemma3-270m", "--embed-tokens",
+                 "-o", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "model.safetensors").exists()
+    assert main(["drafter", drafter, "--to", "hf", "--target", "no-such-target", "--embed-tokens",
+                 "-o", str(tmp_path / "hf2")]) == 2
+    assert "no-such-target" in capsys.readouterr().err and not (tmp_path / "hf2").exists()

@@ -13,6 +13,7 @@
 Bad input prints one line `ppow-convert: error: ...` and exits with status 2.
 """
 import argparse
+import os
 import sys
 
 from .drafter import convert_drafter
@@ -60,9 +61,22 @@ def build_parser():
     return p
 
 
+def _target_path(value):
+    """--target/--tokenizer-from: a GGUF path, or the name of a target ppow ships (gemma3-270m,
+    smollm2-135m), as `ppow-train` and `ppow-run` take them."""
+    if not value or os.path.exists(value):
+        return value
+    from ppow.models import TARGETS, resolve_target
+
+    return resolve_target(value) if value in TARGETS else value
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    for name in ("tokenizer_from", "target"):
+        if getattr(args, name, None):
+            setattr(args, name, _target_path(getattr(args, name)))
     if args.cmd == "drafter" and args.to == "gguf" and not args.tokenizer_from:
         parser.error("drafter: --target (or --tokenizer-from) TARGET.gguf is required for --to gguf")
     try:
