@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 
-GEN = ("g = ppow.Generator(T, n_gpu_layers={ngl}{extra}); "
+GEN = ("g = ppow.Generator(T, n_gpu_layers={ngl}, n_ctx={n_ctx}{extra}); "
        "print('GEN', repr(g.generate('Hello', n_predict=8).text[:40]), flush=True)")
 NUMPY_LIBS = ("import glob, os, ctypes, importlib.util; "
               "d = os.path.join(os.path.dirname(importlib.util.find_spec('numpy').origin), '..', 'numpy.libs'); "
@@ -29,8 +29,8 @@ NUMPY_LIBS = ("import glob, os, ctypes, importlib.util; "
               "[ctypes.CDLL(p) for p in libs]")
 
 
-def gen(ngl=99, extra=""):
-    return GEN.format(ngl=ngl, extra=extra)
+def gen(ngl=99, extra="", n_ctx=512):
+    return GEN.format(ngl=ngl, n_ctx=n_ctx, extra=extra)
 
 
 VARIANTS = {
@@ -43,7 +43,7 @@ VARIANTS = {
                                                  "print('INFO', _core.build_info(), flush=True)"],
     "numpy, then ppow with pad_rows=0": ["import numpy", "import ppow", gen(extra=", pad_rows=0")],
     "numpy, then ppow with flash_attn off": ["import numpy", "import ppow", gen(extra=", flash_attn='off'")],
-    "numpy, then ppow with n_ctx 512": ["import numpy", "import ppow", gen(extra=", n_ctx=512")],
+    "numpy, then ppow with n_ctx 32768": ["import numpy", "import ppow", gen(n_ctx=32768)],
     "numpy, then llama_cpp.Llama (control)": [
         "import numpy", "import llama_cpp",
         "m = llama_cpp.Llama(T, n_gpu_layers=99, n_ctx=512, verbose=False); "
