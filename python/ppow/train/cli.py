@@ -53,7 +53,7 @@ def add_common_train(ap):
                          "reductions stay fp32); about 2x faster on CPUs with AMX or AVX512-BF16")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--eval-cache", default=None,
-                    help="held-out cache (same target; never trained on): greedy-chain tau on it every "
+                    help="held-out cache (same target; never trained on): greedy-chain tau on it at step 0, every "
                          "--eval-every steps and at the end, logged to OUT/metrics.jsonl (stage 'heldout')")
     ap.add_argument("--eval-every", type=int, default=0, help="steps between held-out evaluations (0 = only at the end)")
     ap.add_argument("--eval-k", type=int, default=4, help="window length of the held-out tau")

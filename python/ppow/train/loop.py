@@ -102,6 +102,8 @@ def run(args, model, vocab, info, step_fn, stage, rank=0, world=1, device="cpu",
     # CPU-seconds of the steps (all threads of this process; carried across resumes in the checkpoint info)
     budget = getattr(args, "cpu_budget", 0) or 0
     patience = getattr(args, "early_stop", 0) or 0
+    if patience and world > 1:  # only rank 0 evaluates; the other ranks would not know when to stop
+        raise ValueError("--early-stop runs in one process (not under torchrun)")
     best_dir = os.path.join(out, "best")
 
     def heldout(step):
