@@ -8,7 +8,7 @@ own subprocess with tools/gpu/segv_backtrace.so preloaded (native frames as libr
 with addr2line where binutils exist) and Python's faulthandler (the Python frames). The variants split
 the suspects: numpy's bundled libraries alone, the order (numpy after the CUDA context), ggml's CUDA
 graphs, ppow's padding and flash attention, a CPU-only Generator of the same build, and device
-enumeration alone. Prints one JSON object.
+enumeration alone. Prints a JSON line per variant as it ends, then one JSON object with all of them.
 
   cc -shared -fPIC -O1 -o segv_backtrace.so tools/gpu/segv_backtrace.c -ldl
   python3 tools/gpu/diag_numpy.py --target gemma.gguf --preload ./segv_backtrace.so > numpy.json
@@ -105,13 +105,13 @@ def main():
                numpy_libs=sorted(os.path.basename(p) for p in glob.glob(
                    os.path.join(os.path.dirname(numpy.__file__), "..", "numpy.libs", "*"))), variants={})
     only = set(filter(None, a.only.split(";")))
-    for name, lines in VARIANTS.items():
+    todo = [(name, lines, {}) for name, lines in VARIANTS.items()] + \
+        [(name, VARIANTS[base], env) for name, (base, env) in ENV_VARIANTS.items()]
+    for name, lines, env in todo:
         if not only or name in only:
-            res["variants"][name] = run(lines, {}, a.preload, a.timeout)
-            print(name, res["variants"][name]["rc"], file=sys.stderr, flush=True)
-    for name, (base, env) in ENV_VARIANTS.items():
-        if not only or name in only:
-            res["variants"][name] = run(VARIANTS[base], env, a.preload, a.timeout)
+            res["variants"][name] = run(lines, env, a.preload, a.timeout)
+            # one line per variant as it ends, so a step killed by its deadline keeps what it learned
+            print(json.dumps({"variant": name, **res["variants"][name]}), flush=True)
             print(name, res["variants"][name]["rc"], file=sys.stderr, flush=True)
     print(json.dumps(res))
 

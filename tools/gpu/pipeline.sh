@@ -57,7 +57,7 @@ step() {  # step NAME MIN_SECONDS_LEFT TIMEOUT CMD...: skipped when the deadline
 }
 
 # 0. numpy before a CUDA Generator segfaulted (2026-12-04): native + Python backtraces of each variant
-step numpy 150 240 python3 $T/diag_numpy.py --target $G --preload $W/segv_backtrace.so --timeout 60
+step numpy 150 300 python3 $T/diag_numpy.py --target $G --preload $W/segv_backtrace.so --timeout 40
 
 if [ -n "${RUN_INVARIANCE:-}" ]; then  # measured on 2026-12-04 (docs/bench/gpu-h200-2026-12-04): off by default
 for fa in -1 0; do for graphs in on off; do
