@@ -198,3 +198,51 @@ def test_data_and_prompts_stages_run_without_torch(tiny_target_gguf, tmp_path):
     cache = Cache(str(tmp_path / "cache"))
     assert len(cache.seq_start) == len(UNRELATED)
     assert cache.hidden.dtype.itemsize == 2 and cache.hidden.shape[1] == 1
+
+
+GERMAN = "Die Polizei hat am Montag zwei Männer festgenommen, die in der Stadt ein Auto gestohlen haben."
+
+
+def test_german_sentences_are_cut_out_and_filtered():
+    from ppow.train import translation_prompts as TP
+
+    text = (GERMAN + " Das Projekt läuft seit dem 09. März in der Schule und ist noch nicht beendet. "
+            "The police said that the car was found with the keys in it. "
+            "Der <b>Verein</b> hat eine neue Seite für die Mitglieder. Und dann war es so, dass er")
+    got = TP.german_sentences(text)
+    assert got == [GERMAN, "Das Projekt läuft seit dem 09. März in der Schule und ist noch nicht beendet."]
+    assert TP.looks_german(GERMAN) and not TP.looks_german("The cat sat on the mat and looked at the garden.")
+    assert TP.wmt_spacing("Es regnet, sagt er.") == "Es regnet , sagt er ."
+
+
+def test_translation_requests_are_seeded_framed_and_spaced_like_wmt():
+    from ppow.train import translation_prompts as TP
+
+    conts = [("Die Polizei", GERMAN[len("Die Polizei"):])] * 40
+    a = TP.translation_requests(conts, seed=3)
+    assert a == TP.translation_requests(conts, seed=3) and a != TP.translation_requests(conts, seed=4)
+    assert len(a) == 40 and all(src == "translation:de-en" for _, src in a)
+    spaced = [t for t, _ in a if "gestohlen haben ." in t]
+    assert 5 < len(spaced) < 35  # about half
+    forms = {next(f for f in TP.REQUEST_FORMS if t.startswith(f.split("{s}")[0])) for t, _ in a}
+    assert len(forms) >= 3
+
+
+def test_gemma_writes_german_translation_requests_and_resumes(gemma_gguf, tmp_path):
+    """The real target (a base model) continues the German openings in German: requests come out,
+    framed, decontaminated, and a resumed run redoes nothing."""
+    from ppow.train.cli import run
+    from ppow.train import translation_prompts as TP
+
+    out = tmp_path / "t.jsonl"
+    args = ["prompts", "--target", str(gemma_gguf), "--translation", "8", "--temp", "0.8", "--max-new", "64",
+            "--n-parallel", "8", "--threads", "2", "--exclude", DEV, "-o", str(out), "--quiet"]
+    res = run(args)
+    assert res["translation_continuations"] == 8 and res["kept"] >= 2
+    kept = [json.loads(x) for x in out.read_text().splitlines()]
+    for r in kept:
+        assert r["category"] == "translation"
+        assert any(r["text"].startswith(f.split("{s}")[0]) for f in TP.REQUEST_FORMS)
+    raw = tmp_path / "t.jsonl.translation.raw.jsonl"
+    before = raw.read_text()
+    assert run(args)["kept"] == res["kept"] and raw.read_text() == before

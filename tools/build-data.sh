@@ -1,18 +1,20 @@
 #!/bin/bash
 # Issue 21's data recipe as one resumable script: prompts of the target's own kind, then each target
-# answers them through the data engine (the chat mix, and 500 GSM8K math word problems in their own cache),
+# answers them through the data engine (the chat mix, 500 GSM8K math word problems and ~1,100 German-to-English
+# translation requests, each in its own cache),
 # greedy first, then a sampled second pass (temperature 0.8, its own cache) for more positions and varied
 # answers. Every stage resumes where a killed run stopped, so the
 # same command continues the build in a later session. Caches live outside the repository.
 #   nohup nice -n 5 bash tools/build-data.sh /work/data >> /work/data/build.log 2>&1 &
 # Env: SHARED (default ../shared/data next to the repo), THREADS (2), STAGES (default: all, in order:
-# prompts prompts-math gemma-math gemma smollm2-math smollm2 gemma-t08 smollm2-t08).
+# prompts prompts-math prompts-translate gemma-math gemma-translate gemma smollm2-math smollm2-translate smollm2
+# gemma-t08 smollm2-t08).
 set -u
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 D=${1:?usage: build-data.sh OUT_DIR}
 S=${SHARED:-$REPO/../shared/data}
 THREADS=${THREADS:-2}
-STAGES=${STAGES:-"prompts prompts-math gemma-math gemma smollm2-math smollm2 gemma-t08 smollm2-t08"}
+STAGES=${STAGES:-"prompts prompts-math prompts-translate gemma-math gemma-translate gemma smollm2-math smollm2-translate smollm2 gemma-t08 smollm2-t08"}
 mkdir -p "$D"
 stamp() { echo "[$(date -u +%FT%TZ)] $*"; }
 data() {  # data NAME TARGET TEMPLATE PROMPTS [extra flags]: one target's answers to the prompts, one cache
@@ -33,6 +35,12 @@ for stage in $STAGES; do
     prompts-math)  # the chat mix has no math word problems; without them a drafter forgets math (train README)
       ppow-train prompts --include "$S/train-prompts.jsonl" --include-source '^gsm8k' --include-limit 500 \
         --exclude "$S/specbench-dev.jsonl" -o "$D/prompts-v1-math.jsonl" --quiet || exit 1 ;;
+    prompts-translate)  # German-to-English requests: the target (Gemma, a base model) writes the German
+      ppow-train prompts --target gemma3-270m --translation 800 --temp 0.8 --max-new 96 --n-parallel 32 \
+        --threads "$THREADS" --exclude "$S/specbench-dev.jsonl" -o "$D/prompts-v1-translate.jsonl" --quiet || exit 1
+      stamp "translation prompts done: $(wc -l < "$D/prompts-v1-translate.jsonl")" ;;
+    gemma-translate) data gemma-v1-translate gemma3-270m qa prompts-v1-translate.jsonl ;;
+    smollm2-translate) data smollm2-v1-translate smollm2-135m chat prompts-v1-translate.jsonl ;;
     gemma) data gemma-v1 gemma3-270m qa prompts-v1.jsonl ;;
     gemma-math) data gemma-v1-math gemma3-270m qa prompts-v1-math.jsonl ;;
     smollm2) data smollm2-v1 smollm2-135m chat prompts-v1.jsonl ;;

@@ -74,8 +74,11 @@ def _read_raw(path: str) -> dict:
 
 
 def synthesize(target: str, raw_path: str, n: int, *, temp: float = 1.0, max_new: int = 128, n_parallel: int = 32,
-               threads: int = 0, n_gpu_layers: int = 0, seed: int = 0, progress: bool = True) -> dict:
-    """Appends requests 0..n-1 not yet in raw_path; returns {index: record} of all of them."""
+               threads: int = 0, n_gpu_layers: int = 0, seed: int = 0, progress: bool = True,
+               openings: list | None = None) -> dict:
+    """Appends requests 0..n-1 not yet in raw_path; returns {index: record} of all of them.
+
+    Request i continues openings[i % len(openings)] (default: the target's user-turn opening alone)."""
     from ppow import Generator, _core
     from ppow.errors import PpowError
 
@@ -85,8 +88,13 @@ def synthesize(target: str, raw_path: str, n: int, *, temp: float = 1.0, max_new
     if n < 0 or not 1 <= n_parallel <= 256 or max_new < 1 or not temp > 0:
         raise ValueError("need --n >= 0, --n-parallel in [1, 256], --max-new >= 1 and --temp > 0 "
                          "(a greedy opening writes one request)")
-    opening = user_turn_opening(target)
-    settings = dict(target_sha256=sha256_of(target), opening=opening, temp=temp, max_new=max_new, seed=seed)
+    if openings is None:
+        openings = [user_turn_opening(target)]
+    if not openings or not all(isinstance(o, str) and o for o in openings):
+        raise ValueError("openings must be non-empty strings")
+    # "opening" (one) keeps the settings of raw files written before several openings existed
+    where = dict(opening=openings[0]) if len(openings) == 1 else dict(openings=list(openings))
+    settings = dict(target_sha256=sha256_of(target), **where, temp=temp, max_new=max_new, seed=seed)
     meta_path = raw_path + ".meta.json"
     if os.path.exists(meta_path):
         with open(meta_path) as f:
@@ -104,9 +112,9 @@ def synthesize(target: str, raw_path: str, n: int, *, temp: float = 1.0, max_new
         return done
 
     with Generator(target, n_ctx=256, n_threads=1) as tok:
-        ids = tok.tokenize(opening, True, True)
+        ids = [tok.tokenize(o, True, True) for o in openings]
         detok = tok.detokenize
-        ctx_per_seq = len(ids) + max_new + 2
+        ctx_per_seq = max(len(i) for i in ids) + max_new + 2
         gen = open_engine(target, n_parallel, ctx_per_seq, threads, n_gpu_layers)
         params = _core.DataGenParams()
         params.max_new, params.topk, params.temp, params.seed, params.layers = max_new, 1, temp, seed, []
@@ -124,7 +132,7 @@ def synthesize(target: str, raw_path: str, n: int, *, temp: float = 1.0, max_new
                 bar.update(1)
 
             try:
-                gen.run([ids] * len(todo), params, ctx_per_seq, on_done, todo)
+                gen.run([ids[i % len(ids)] for i in todo], params, ctx_per_seq, on_done, todo)
             except _core.EngineError as e:
                 raise PpowError(str(e)) from None
         bar.close()
@@ -210,6 +218,15 @@ def run_prompts(args) -> dict:
         unfinished = sum(1 for i, r in recs.items() if i < args.n and r["stop"] != "eos")
     else:
         unfinished = 0
+    translation_made = 0
+    if args.translation:
+        from .translation_prompts import synthesize_translations
+
+        requests, translation_made = synthesize_translations(
+            args.target, args.out + ".translation.raw.jsonl", args.translation, temp=args.temp,
+            max_new=args.max_new, n_parallel=args.n_parallel, threads=args.threads,
+            n_gpu_layers=args.n_gpu_layers, seed=args.seed, progress=not args.quiet)
+        synth += requests
     included = [p for path in (args.include or []) for p in include_prompts(path, args.include_select, args.include_source)]
     if args.include_limit and len(included) > args.include_limit:  # a seeded sample, in file order
         keep = sorted(random.Random(args.seed).sample(range(len(included)), args.include_limit))
@@ -217,6 +234,9 @@ def run_prompts(args) -> dict:
     kept, report = build_prompt_set(synth, included, exclude, min_chars=args.min_chars, max_chars=args.max_chars,
                                     seed=args.seed)
     report["counts"]["synthesis_not_ended"] = unfinished
+    if args.translation:
+        report["counts"]["translation_continuations"] = translation_made
+        report["counts"]["translation_sentences"] = sum(1 for _, src in synth if src.startswith("translation:"))
     report["seconds"] = round(time.time() - t0, 1)
     tmp = args.out + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -238,6 +258,9 @@ def add_parser(sub):
     p.add_argument("--n-parallel", type=int, default=32, help="requests in flight in one decode")
     p.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0 = all cores)")
     p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="target layers on the GPU (-1 = all)")
+    p.add_argument("--translation", type=int, default=0, metavar="N",
+                   help="also N German continuations by the target, their sentences asked as German-to-English "
+                        "requests (translation_prompts.py; a model that writes German: Gemma 3 270M)")
     p.add_argument("--include", action="append", default=None, help="existing prompt jsonl to add (repeatable)")
     p.add_argument("--include-select", choices=["all", "long-answer"], default="all",
                    help="long-answer: only train-prompts.jsonl sources with long answers")
