@@ -251,6 +251,39 @@ def test_bad_caches_and_flags(work, tiny_target_gguf, tmp_path):
         cli.run(["eval", "--drafter", work["ckpt"], "--cache", str(tmp_path / "two"), "--quiet"])
 
 
+@pytest.mark.parametrize("n", ["96", "200", "0"])
+def test_init_moves_a_trained_head_to_another_vocabulary(work, tmp_path, n):
+    """--init with --draft-vocab: the draft vocabulary is rebuilt from this cache; a token the drafter knew
+    keeps its trained row, a new one starts from the target's row at the trained rows' scale."""
+    flags = [f for f in KD if f not in ("--draft-vocab", "128")]
+    out = cli.run(["kd", "--cache", str(work["dir"] / "cache"), "--target", work["target"], *flags, "--draft-vocab", n,
+                   "--init", work["ckpt"], "--steps", "0", "-o", str(tmp_path)])
+    new, vocab, info = C.load_drafter(out)
+    tv = int(work["cache"].meta["target"]["vocab_size"])
+    want = kd.build_vocab(work["cache"], int(n))
+    d2t = torch.arange(tv) if vocab.size == tv and getattr(vocab, "d2t", None) is None else vocab.d2t
+    assert torch.equal(d2t, torch.arange(tv) if int(n) == 0 or int(n) >= tv else want.d2t)
+    old_rows, old_d2t = work["model"].lm_head.weight.detach(), work["vocab"].d2t.tolist()
+    new_rows = new.lm_head.weight.detach()
+    kept = [(j, old_d2t.index(t)) for j, t in enumerate(d2t.tolist()) if t in old_d2t]
+    assert info["vocab_remap"] == dict(old=128, new=len(d2t), kept_rows=len(kept))
+    for j, i in kept:
+        assert torch.equal(new_rows[j], old_rows[i])
+    fresh = [j for j in range(len(d2t)) if j not in dict(kept)]
+    assert (len(fresh) > 0) == (int(n) != 96)
+    if fresh:
+        ratio = new_rows[fresh].norm(dim=1).mean() / old_rows.norm(dim=1).mean()
+        assert 0.5 < float(ratio) < 2.0
+
+
+def test_init_with_another_vocabulary_is_refused_for_standalone(work, tmp_path):
+    ck = cli.run(["kd", "--cache", str(work["dir"] / "cache"), "--steps", "1", "--hidden", "32", "--heads", "2",
+                  "--threads", "1", "--quiet", "-o", str(tmp_path / "s")])
+    with pytest.raises(ValueError, match="train it afresh"):
+        cli.run(["kd", "--cache", str(work["dir"] / "cache"), "--init", ck, "--draft-vocab", "64", "--steps", "0",
+                 "--threads", "1", "--quiet", "-o", str(tmp_path / "t")])
+
+
 def test_ppow_runs_on_a_feature_drafter(work, tmp_path):
     out = cli.run(["ppow", "--cache", str(work["dir"] / "cache"), "--init", work["ckpt"], "--steps", "2", "--windows", "4",
                    "--group-size", "2", "--k-max", "3", "--k-min", "2", "--threads", "1", "--quiet", "-o", str(tmp_path)])

@@ -120,7 +120,8 @@ def build_parser():
     k.add_argument("--rope-theta", type=float, default=None, help="standalone default 1e4; feature: the target's")
     k.add_argument("--tie-embeddings", action="store_true")
     k.add_argument("--draft-vocab", type=int, default=None,
-                   help="reduced draft vocabulary size (0 = the target's; default 0 standalone, 16384 feature)")
+                   help="reduced draft vocabulary size (0 = the target's; default 0 standalone, 16384 feature); with "
+                        "--init (feature): the drafter's head moves to this cache's N most frequent tokens")
     k.add_argument("--init-embed", choices=["target", "random"], default="random")
     k.add_argument("--batch-size", type=int, default=16)
     k.add_argument("--chunk-len", type=int, default=128)
@@ -354,6 +355,7 @@ def cmd_kd(args, rank, world, device):
             raise ValueError(f"--init is a {kind} drafter, not --drafter-kind {args.drafter_kind}")
         args.drafter_kind = kind
     args.drafter_kind = args.drafter_kind or "standalone"
+    vocab_asked = args.draft_vocab is not None  # with --init: move the drafter to a vocabulary of this data
     for k, v in KIND_DEFAULTS[args.drafter_kind].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -368,6 +370,16 @@ def cmd_kd(args, rank, world, device):
         if info0.get("target_sha256") not in (None, tsha):
             raise ValueError(f"--init drafter was trained for another target ({info0.get('target_sha256')[:16]}...)")
         extra = {}
+        if vocab_asked:
+            if kind.name != "feature":
+                raise ValueError("--draft-vocab with --init moves a feature drafter's head to another vocabulary; "
+                                 "a standalone drafter's embeddings are draft-vocabulary rows too: train it afresh")
+            from .feature_model import remap_head
+
+            new_vocab = kd.build_vocab(cache, args.draft_vocab)
+            kept = remap_head(model, getattr(vocab, "d2t", None), getattr(new_vocab, "d2t", None), target)
+            extra = dict(vocab_remap=dict(old=vocab.size, new=new_vocab.size, kept_rows=kept))
+            vocab = new_vocab
     else:
         vocab = kd.build_vocab(cache, args.draft_vocab)
         model, extra = kind.build(cache, vocab, args, tpath)

@@ -415,3 +415,32 @@ def init_from_target(model, target, d2t=None):
     37 steps (measured, Gemma 3 270M)."""
     rows = target["output"] if d2t is None else target["output"][torch.as_tensor(d2t)]
     model.lm_head.weight.copy_(rows)
+
+
+@torch.no_grad()
+def remap_head(model, old_d2t, new_d2t, target):
+    """Move a trained drafter to another draft vocabulary (`ppow-train kd --init DIR --draft-vocab N`).
+
+    A token in both keeps its trained head row; a new one starts from the target's output row (as
+    init_from_target does), scaled so its norm matches the trained rows' (trained rows were fitted to
+    the drafter's normed states, the target's are not: unscaled, new tokens would start over- or
+    under-confident). Returns how many rows were kept."""
+    old_d2t = torch.arange(target["vocab_size"]) if old_d2t is None else torch.as_tensor(old_d2t, dtype=torch.long)
+    new_d2t = torch.arange(target["vocab_size"]) if new_d2t is None else torch.as_tensor(new_d2t, dtype=torch.long)
+    old_rows = model.lm_head.weight.detach().clone()
+    pos = torch.full((target["vocab_size"],), -1, dtype=torch.long)
+    pos[old_d2t] = torch.arange(len(old_d2t))
+    src = pos[new_d2t]
+    kept = src >= 0
+    out = target["output"][new_d2t].to(old_rows.dtype).clone()
+    if kept.any():
+        t_rows = target["output"][new_d2t[kept]].to(old_rows.dtype)
+        scale = old_rows[src[kept]].norm(dim=1).mean() / t_rows.norm(dim=1).mean().clamp_min(1e-12)
+        out *= scale
+        out[kept] = old_rows[src[kept]]
+    model.lm_head = nn.Linear(old_rows.shape[1], len(new_d2t), bias=False).to(old_rows.device, old_rows.dtype)
+    model.lm_head.weight.copy_(out)
+    model.cfg["draft_vocab_size"] = len(new_d2t)
+    model.set_d2t(None if len(new_d2t) == target["vocab_size"] and bool((new_d2t == torch.arange(len(new_d2t))).all())
+                  else new_d2t)
+    return int(kept.sum())
