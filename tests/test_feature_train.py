@@ -276,6 +276,30 @@ def test_init_moves_a_trained_head_to_another_vocabulary(work, tmp_path, n):
         assert 0.5 < float(ratio) < 2.0
 
 
+def test_resume_keeps_the_vocabulary_its_weights_were_trained_on(work, tiny_target_gguf, tmp_path):
+    """A cache still being written counts tokens differently when a run resumes: the saved draft
+    vocabulary is kept, not rebuilt (weights and d2t must stay together)."""
+    other = [{"text": f"{w} {i} {w}", "category": "x", "id": f"o{i}"}
+             for i, w in enumerate(["zebra quartz", "ninety nine", "xylophone", "vvv www"] * 4)]
+    build_engine_cache(tiny_target_gguf, str(tmp_path / "more"), other, max_new=24, topk=8, layers=LAYERS,
+                       n_parallel=4, threads=1, progress=False)
+    flags = [f for f in KD if f not in ("--draft-vocab", "128")] + ["--draft-vocab", "24", "--steps", "4"]
+    one = ["--cache", str(work["dir"] / "cache")]
+    cli.run(["kd", *one, "--target", work["target"], *flags, "--stop-after", "2", "-o", str(tmp_path / "r")])
+    first = C.load_drafter(str(tmp_path / "r" / "ckpt"))[1].d2t
+    grown = Cache([str(work["dir"] / "cache"), str(tmp_path / "more")])
+    assert not torch.equal(kd.build_vocab(grown, 24).d2t, first)  # the grown cache would pick another vocabulary
+    out = cli.run(["kd", *one, "--cache", str(tmp_path / "more"), "--target", work["target"], *flags, "--resume",
+                   "-o", str(tmp_path / "r")])
+    assert torch.equal(C.load_drafter(out)[1].d2t, first)
+    # --init moving the head: a resumed run keeps the vocabulary it moved to
+    moved = ["kd", *one, "--target", work["target"], *flags, "--init", work["ckpt"], "-o", str(tmp_path / "m")]
+    cli.run(moved + ["--stop-after", "2"])
+    first = C.load_drafter(str(tmp_path / "m" / "ckpt"))[1].d2t
+    out = cli.run(moved[:1] + ["--cache", str(tmp_path / "more")] + moved[1:] + ["--resume"])
+    assert torch.equal(C.load_drafter(out)[1].d2t, first)
+
+
 def test_init_with_another_vocabulary_is_refused_for_standalone(work, tmp_path):
     ck = cli.run(["kd", "--cache", str(work["dir"] / "cache"), "--steps", "1", "--hidden", "32", "--heads", "2",
                   "--threads", "1", "--quiet", "-o", str(tmp_path / "s")])

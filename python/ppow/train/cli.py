@@ -340,6 +340,21 @@ def _shared_sequences(a, b, b_seqs):
     return sum(key(b, s) in seen for s in b_seqs)
 
 
+def _resumed_vocab(args, target_vocab_size):
+    """The draft vocabulary of the checkpoint `--resume` will continue, or None. A vocabulary is built
+    from the cache's token counts, and a cache still being written (--allow-incomplete-cache) counts
+    differently by the time a run resumes: the saved one is the one its weights were trained on."""
+    from . import checkpoint as C
+    from .vocab import load_draft_vocab
+
+    if not args.resume:
+        return None
+    for src in (os.path.join(args.out, "ckpt"), os.path.join(args.out, "ckpt.old")):
+        if C.has_trainer_state(src):
+            return load_draft_vocab(src, target_vocab_size)
+    return None
+
+
 def cmd_kd(args, rank, world, device):
     from . import checkpoint as C
     from . import drafters, kd, loop
@@ -376,12 +391,16 @@ def cmd_kd(args, rank, world, device):
                                  "a standalone drafter's embeddings are draft-vocabulary rows too: train it afresh")
             from .feature_model import remap_head
 
-            new_vocab = kd.build_vocab(cache, args.draft_vocab)
+            new_vocab = _resumed_vocab(args, int(cache.meta["target"]["vocab_size"]))
+            if new_vocab is None:
+                new_vocab = kd.build_vocab(cache, args.draft_vocab)
             kept = remap_head(model, getattr(vocab, "d2t", None), getattr(new_vocab, "d2t", None), target)
             extra = dict(vocab_remap=dict(old=vocab.size, new=new_vocab.size, kept_rows=kept))
             vocab = new_vocab
     else:
-        vocab = kd.build_vocab(cache, args.draft_vocab)
+        vocab = _resumed_vocab(args, int(cache.meta["target"]["vocab_size"]))
+        if vocab is None:
+            vocab = kd.build_vocab(cache, args.draft_vocab)
         model, extra = kind.build(cache, vocab, args, tpath)
     drafters.check_cache(model, cache)
     model.to(device)
