@@ -276,6 +276,25 @@ def test_init_moves_a_trained_head_to_another_vocabulary(work, tmp_path, n):
         assert 0.5 < float(ratio) < 2.0
 
 
+def test_remap_head_maps_new_rows_into_the_trained_space(work):
+    """New tokens' rows come from the target's through the linear map the shared rows fit: where the
+    trained head is exactly such a map of the target's rows, the new rows are that map's."""
+    import copy
+
+    target = FM.read_target(work["target"])
+    model, old = copy.deepcopy(work["model"]), work["vocab"].d2t
+    tv, h = target["vocab_size"], target["hidden_size"]
+    a_true = torch.randn(h, h, generator=torch.Generator().manual_seed(1)) / h ** 0.5
+    with torch.no_grad():
+        model.lm_head.weight.copy_(target["output"][old].float() @ a_true)
+    new = torch.cat([old, torch.tensor([t for t in range(tv) if t not in set(old.tolist())][:40])])
+    kept = FM.remap_head(model, old, new, target, ridge=1e-6)
+    assert kept == 128 and tuple(model.lm_head.weight.shape) == (168, h) and torch.equal(model.d2t, new)
+    want = target["output"][new].float() @ a_true
+    err = (model.lm_head.weight.detach() - want).abs().max() / want.abs().max()
+    assert float(err) < 1e-2, float(err)
+
+
 def test_resume_keeps_the_vocabulary_its_weights_were_trained_on(work, tiny_target_gguf, tmp_path):
     """A cache still being written counts tokens differently when a run resumes: the saved draft
     vocabulary is kept, not rebuilt (weights and d2t must stay together)."""

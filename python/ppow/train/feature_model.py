@@ -418,13 +418,16 @@ def init_from_target(model, target, d2t=None):
 
 
 @torch.no_grad()
-def remap_head(model, old_d2t, new_d2t, target):
+def remap_head(model, old_d2t, new_d2t, target, ridge=1.0):
     """Move a trained drafter to another draft vocabulary (`ppow-train kd --init DIR --draft-vocab N`).
 
-    A token in both keeps its trained head row; a new one starts from the target's output row (as
-    init_from_target does), scaled so its norm matches the trained rows' (trained rows were fitted to
-    the drafter's normed states, the target's are not: unscaled, new tokens would start over- or
-    under-confident). Returns how many rows were kept."""
+    A token in both keeps its trained head row. A new one starts from the target's output row mapped
+    into the trained head's space by a linear map fitted (ridge least squares) on the rows of the tokens
+    in both: trained rows are far from the target's (Gemma 3 270M's shipped drafter: cosine 0.24), so
+    the target's rows as they are made new tokens win the argmax everywhere (held-out tau(k=4) 1.07
+    against 1.67); the fitted map predicts held-out trained rows at cosine 0.94 (measured). With fewer
+    shared rows than twice the hidden size the target's rows are only scaled to the trained rows' norm.
+    Returns how many rows were kept."""
     old_d2t = torch.arange(target["vocab_size"]) if old_d2t is None else torch.as_tensor(old_d2t, dtype=torch.long)
     new_d2t = torch.arange(target["vocab_size"]) if new_d2t is None else torch.as_tensor(new_d2t, dtype=torch.long)
     old_rows = model.lm_head.weight.detach().clone()
@@ -432,14 +435,18 @@ def remap_head(model, old_d2t, new_d2t, target):
     pos[old_d2t] = torch.arange(len(old_d2t))
     src = pos[new_d2t]
     kept = src >= 0
-    out = target["output"][new_d2t].to(old_rows.dtype).clone()
+    out = target["output"][new_d2t].to(torch.float32).clone()
     if kept.any():
-        t_rows = target["output"][new_d2t[kept]].to(old_rows.dtype)
-        scale = old_rows[src[kept]].norm(dim=1).mean() / t_rows.norm(dim=1).mean().clamp_min(1e-12)
-        out *= scale
-        out[kept] = old_rows[src[kept]]
+        x = target["output"][new_d2t[kept]].to(torch.float32)
+        y = old_rows[src[kept]].to(torch.float32)
+        if len(x) >= 2 * x.shape[1]:
+            a = torch.linalg.solve(x.T @ x + ridge * torch.eye(x.shape[1]), x.T @ y)
+            out = out @ a
+        else:
+            out *= y.norm(dim=1).mean() / x.norm(dim=1).mean().clamp_min(1e-12)
+        out[kept] = y
     model.lm_head = nn.Linear(old_rows.shape[1], len(new_d2t), bias=False).to(old_rows.device, old_rows.dtype)
-    model.lm_head.weight.copy_(out)
+    model.lm_head.weight.copy_(out.to(old_rows.dtype))
     model.cfg["draft_vocab_size"] = len(new_d2t)
     model.set_d2t(None if len(new_d2t) == target["vocab_size"] and bool((new_d2t == torch.arange(len(new_d2t))).all())
                   else new_d2t)
