@@ -315,7 +315,12 @@ def test_resume_keeps_the_vocabulary_its_weights_were_trained_on(work, tiny_targ
     moved = ["kd", *one, "--target", work["target"], *flags, "--init", work["ckpt"], "-o", str(tmp_path / "m")]
     cli.run(moved + ["--stop-after", "2"])
     first = C.load_drafter(str(tmp_path / "m" / "ckpt"))[1].d2t
-    out = cli.run(moved[:1] + ["--cache", str(tmp_path / "more")] + moved[1:] + ["--resume"])
+    out = cli.run(moved[:1] + ["--cache", str(tmp_path / "more")] + moved[1:] + ["--resume", "--stop-after", "1"])
+    assert torch.equal(C.load_drafter(str(tmp_path / "m" / "ckpt"))[1].d2t, first)
+    # resumed without --draft-vocab (the init drafter's own vocabulary has as many tokens): still the moved one
+    again = [f for f in moved if f not in ("--draft-vocab", "24")]
+    assert again != moved
+    out = cli.run(again + ["--resume"])
     assert torch.equal(C.load_drafter(out)[1].d2t, first)
 
 

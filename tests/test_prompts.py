@@ -211,14 +211,21 @@ def test_german_sentences_are_cut_out_and_filtered():
             "Der <b>Verein</b> hat eine neue Seite für die Mitglieder. Und dann war es so, dass er")
     got = TP.german_sentences(text)
     assert got == [GERMAN, "Das Projekt läuft seit dem 09. März in der Schule und ist noch nicht beendet."]
+    # a continuation cut at the token limit loses its last piece; one that ended keeps it
+    assert TP.german_sentences(GERMAN) == [] and TP.german_sentences(GERMAN, ended=True) == [GERMAN]
+    # a headline line has no full stop: it does not glue onto the next sentence
+    assert TP.german_sentences("Neue Regeln für Radfahrer\n" + GERMAN, ended=True) == [GERMAN]
+    was = "Was die Stadt mit dem Geld macht, ist noch nicht klar."
+    assert TP.german_sentences(was, ended=True) == [was]  # "was" is German too
     assert TP.looks_german(GERMAN) and not TP.looks_german("The cat sat on the mat and looked at the garden.")
     assert TP.wmt_spacing("Es regnet, sagt er.") == "Es regnet , sagt er ."
+    assert TP.wmt_spacing("Na gut... sagt er.") == "Na gut... sagt er ."
 
 
 def test_translation_requests_are_seeded_framed_and_spaced_like_wmt():
     from ppow.train import translation_prompts as TP
 
-    conts = [("Die Polizei", GERMAN[len("Die Polizei"):])] * 40
+    conts = [("Die Polizei", GERMAN[len("Die Polizei"):], True)] * 40
     a = TP.translation_requests(conts, seed=3)
     assert a == TP.translation_requests(conts, seed=3) and a != TP.translation_requests(conts, seed=4)
     assert len(a) == 40 and all(src == "translation:de-en" for _, src in a)
@@ -228,6 +235,8 @@ def test_translation_requests_are_seeded_framed_and_spaced_like_wmt():
     assert len(forms) >= 3
 
 
+@pytest.mark.real
+@pytest.mark.skipif(not os.path.isfile(DEV), reason="needs ../shared/data/specbench-dev.jsonl")
 def test_gemma_writes_german_translation_requests_and_resumes(gemma_gguf, tmp_path):
     """The real target (a base model) continues the German openings in German: requests come out,
     framed, decontaminated, and a resumed run redoes nothing."""
@@ -238,7 +247,7 @@ def test_gemma_writes_german_translation_requests_and_resumes(gemma_gguf, tmp_pa
     args = ["prompts", "--target", str(gemma_gguf), "--translation", "8", "--temp", "0.8", "--max-new", "64",
             "--n-parallel", "8", "--threads", "2", "--exclude", DEV, "-o", str(out), "--quiet"]
     res = run(args)
-    assert res["translation_continuations"] == 8 and res["kept"] >= 2
+    assert res["translation_continuations"] == 8 and res["kept"] >= 1 and res["translation_kept"] == res["kept"]
     kept = [json.loads(x) for x in out.read_text().splitlines()]
     for r in kept:
         assert r["category"] == "translation"

@@ -24,18 +24,25 @@ data() {  # data NAME TARGET TEMPLATE PROMPTS [extra flags]: one target's answer
     --prompt-tail 256 --layers auto --topk 16 --n-parallel 16 --threads "$THREADS" -o "$D/$name" --quiet "$@" || exit 1
   stamp "$name done"
 }
+made() {  # made FILE: a prompt stage whose file exists is done (remaking it would reorder the prompts under a
+  # data stage that resumes by prompt index)
+  [ -s "$D/$1" ] && { stamp "$1 exists: kept"; return 0; }; return 1
+}
 for stage in $STAGES; do
   case $stage in
     prompts)
+      made prompts-v1.jsonl && continue
       stamp "prompts: synthesise 600 with smollm2-135m, add the long-answer subset, filter"
       ppow-train prompts --target smollm2-135m --n 600 --temp 1.0 --max-new 128 --n-parallel 64 --threads "$THREADS" \
         --include "$S/train-prompts.jsonl" --include-select long-answer --exclude "$S/specbench-dev.jsonl" \
         -o "$D/prompts-v1.jsonl" --quiet || exit 1
       stamp "prompts done: $(wc -l < "$D/prompts-v1.jsonl")" ;;
     prompts-math)  # the chat mix has no math word problems; without them a drafter forgets math (train README)
+      made prompts-v1-math.jsonl && continue
       ppow-train prompts --include "$S/train-prompts.jsonl" --include-source '^gsm8k' --include-limit 500 \
         --exclude "$S/specbench-dev.jsonl" -o "$D/prompts-v1-math.jsonl" --quiet || exit 1 ;;
     prompts-translate)  # German-to-English requests: the target (Gemma, a base model) writes the German
+      made prompts-v1-translate.jsonl && continue
       ppow-train prompts --target gemma3-270m --translation 800 --temp 0.8 --max-new 96 --n-parallel 32 \
         --threads "$THREADS" --exclude "$S/specbench-dev.jsonl" -o "$D/prompts-v1-translate.jsonl" --quiet || exit 1
       stamp "translation prompts done: $(wc -l < "$D/prompts-v1-translate.jsonl")" ;;

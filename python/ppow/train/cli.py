@@ -385,18 +385,21 @@ def cmd_kd(args, rank, world, device):
         if info0.get("target_sha256") not in (None, tsha):
             raise ValueError(f"--init drafter was trained for another target ({info0.get('target_sha256')[:16]}...)")
         extra = {}
-        if vocab_asked:
+        # the vocabulary to train on: a resumed run's saved one, else --draft-vocab's from this cache, else the init's
+        want = _resumed_vocab(args, int(cache.meta["target"]["vocab_size"]))
+        if want is None and vocab_asked:
+            want = kd.build_vocab(cache, args.draft_vocab)
+        from .vocab import same_vocab
+
+        if want is not None and not same_vocab(vocab, want):
             if kind.name != "feature":
                 raise ValueError("--draft-vocab with --init moves a feature drafter's head to another vocabulary; "
                                  "a standalone drafter's embeddings are draft-vocabulary rows too: train it afresh")
             from .feature_model import remap_head
 
-            new_vocab = _resumed_vocab(args, int(cache.meta["target"]["vocab_size"]))
-            if new_vocab is None:
-                new_vocab = kd.build_vocab(cache, args.draft_vocab)
-            kept = remap_head(model, getattr(vocab, "d2t", None), getattr(new_vocab, "d2t", None), target)
-            extra = dict(vocab_remap=dict(old=vocab.size, new=new_vocab.size, kept_rows=kept))
-            vocab = new_vocab
+            kept = remap_head(model, getattr(vocab, "d2t", None), getattr(want, "d2t", None), target)
+            extra = dict(vocab_remap=dict(old=vocab.size, new=want.size, kept_rows=kept))
+            vocab = want
     else:
         vocab = _resumed_vocab(args, int(cache.meta["target"]["vocab_size"]))
         if vocab is None:

@@ -418,7 +418,7 @@ def init_from_target(model, target, d2t=None):
 
 
 @torch.no_grad()
-def remap_head(model, old_d2t, new_d2t, target, ridge=1.0):
+def remap_head(model, old_d2t, new_d2t, target, ridge=0.1):
     """Move a trained drafter to another draft vocabulary (`ppow-train kd --init DIR --draft-vocab N`).
 
     A token in both keeps its trained head row. A new one starts from the target's output row mapped
@@ -435,12 +435,13 @@ def remap_head(model, old_d2t, new_d2t, target, ridge=1.0):
     pos[old_d2t] = torch.arange(len(old_d2t))
     src = pos[new_d2t]
     kept = src >= 0
-    out = target["output"][new_d2t].to(torch.float32).clone()
+    out = target["output"][new_d2t].to(torch.float32).cpu().clone()
     if kept.any():
         x = target["output"][new_d2t[kept]].to(torch.float32)
-        y = old_rows[src[kept]].to(torch.float32)
+        y = old_rows[src[kept]].to(torch.float32).cpu()
         if len(x) >= 2 * x.shape[1]:
-            a = torch.linalg.solve(x.T @ x + ridge * torch.eye(x.shape[1]), x.T @ y)
+            xtx = x.T @ x  # ridge relative to the rows' scale (mean diagonal of x'x)
+            a = torch.linalg.solve(xtx + ridge * xtx.diagonal().mean() * torch.eye(x.shape[1]), x.T @ y)
             out = out @ a
         else:
             out *= y.norm(dim=1).mean() / x.norm(dim=1).mean().clamp_min(1e-12)

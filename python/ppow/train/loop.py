@@ -16,6 +16,7 @@ import torch
 
 from . import checkpoint as C
 from .common import MetricsLog, check_finite, lr_at, progress
+from .vocab import load_draft_vocab, same_vocab
 
 
 def resolve_ckpt(path):
@@ -76,6 +77,10 @@ def run(args, model, vocab, info, step_fn, stage, rank=0, world=1, device="cpu",
     if args.resume:
         src = ckpt if C.has_trainer_state(ckpt) else (ckpt + ".old" if C.has_trainer_state(ckpt + ".old") else None)
         if src is not None:
+            saved = load_draft_vocab(src, vocab.target_vocab_size)
+            if not same_vocab(saved, vocab):  # weights belong to their d2t: never pair them with another
+                raise ValueError(f"{src} was trained on another draft vocabulary ({saved.size} tokens) than this run's "
+                                 f"({vocab.size}); resume with the flags it was started with, or use another -o")
             C.load_weights(model, src)
             old_info = C.read_info(src)
             start, _, _ = C.load_trainer_state(src, tr.opt)

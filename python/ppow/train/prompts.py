@@ -237,6 +237,7 @@ def run_prompts(args) -> dict:
     if args.translation:
         report["counts"]["translation_continuations"] = translation_made
         report["counts"]["translation_sentences"] = sum(1 for _, src in synth if src.startswith("translation:"))
+        report["counts"]["translation_kept"] = sum(1 for r in kept if r["category"] == "translation")
     report["seconds"] = round(time.time() - t0, 1)
     tmp = args.out + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:

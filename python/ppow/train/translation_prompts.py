@@ -40,7 +40,7 @@ REQUEST_FORMS = (
 _GERMAN_WORDS = frozenset(
     "der die das und ist nicht mit den dem des ein eine einer einen zu von im auf für sich es sie er wir werden "
     "wird hat haben sind war auch als an bei nach aus um über noch dass wurde wurden vom zum zur".split())
-_ENGLISH_WORDS = frozenset("the and of is was with that for this are were have has from which".split())
+_ENGLISH_WORDS = frozenset("the and of is with that for this are were have has from which".split())  # not "was"
 _SENTENCE_END = re.compile(r"(?<=[^\d\s][.!?])\s+")  # not after "am 09." (a German date goes on)
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
 _MARKUP = re.compile(r"[<>{}\[\]|#*_=\\/@]|http|www\.")
@@ -56,11 +56,15 @@ def looks_german(sentence: str) -> bool:
     return de >= 0.12 and en <= 0.03
 
 
-def german_sentences(text: str, *, min_words: int = 6, max_words: int = 45) -> list:
-    """The whole sentences of a continuation that pass the filters (the last, unfinished one never does)."""
-    text = re.sub(r"\s+", " ", text).strip()
+def german_sentences(text: str, *, ended: bool = False, min_words: int = 6, max_words: int = 45) -> list:
+    """The whole sentences of a continuation that pass the filters. Lines are cut apart first (a headline
+    has no full stop); a continuation cut at the token limit (`ended` False) loses its last piece, which
+    may end in an abbreviation's full stop ("Dr.") rather than a sentence's."""
+    pieces = [s for line in text.splitlines() for s in _SENTENCE_END.split(re.sub(r"\s+", " ", line).strip())]
+    if not ended and pieces:
+        pieces.pop()
     out = []
-    for s in _SENTENCE_END.split(text):
+    for s in pieces:
         n = len(s.split())
         if (s.endswith((".", "!", "?")) and min_words <= n <= max_words and not _MARKUP.search(s)
                 and s[0].isupper() and looks_german(s)):
@@ -70,15 +74,16 @@ def german_sentences(text: str, *, min_words: int = 6, max_words: int = 45) -> l
 
 def wmt_spacing(sentence: str) -> str:
     """`Es regnet, sagt er.` -> `Es regnet , sagt er .` (the tokenised text of the WMT news test sets)."""
-    return re.sub(r"\s*([,.;:!?])(?=\s|$)", r" \1", sentence)
+    return re.sub(r"(?<![\s.!?])\s*([,.;:!?])(?=\s|$)", r" \1", sentence)  # "gut..." stays
 
 
 def translation_requests(continuations: list, *, per_continuation: int = 2, seed: int = 0) -> list:
-    """(request, source) pairs from [(opening, continuation text)], at most `per_continuation` sentences each."""
+    """(request, source) pairs from [(opening, continuation text, ended)], at most `per_continuation`
+    sentences each."""
     rng = random.Random(seed)
     out = []
-    for opening, text in continuations:
-        for s in german_sentences(opening + text)[:per_continuation]:
+    for opening, text, ended in continuations:
+        for s in german_sentences(opening + text, ended=ended)[:per_continuation]:
             if rng.random() < 0.5:
                 s = wmt_spacing(s)
             out.append((rng.choice(REQUEST_FORMS).format(s=s), "translation:de-en"))
@@ -91,5 +96,8 @@ def synthesize_translations(target: str, raw_path: str, n: int, *, seed: int = 0
     from .prompts import synthesize
 
     recs = synthesize(target, raw_path, n, openings=list(GERMAN_OPENINGS), seed=seed, **engine)
-    done = [(GERMAN_OPENINGS[i % len(GERMAN_OPENINGS)], r["text"]) for i, r in sorted(recs.items()) if i < n]
+    # opening + continuation: the continuation's text keeps its leading space (Gemma's tokenizer adds no
+    # space prefix; a target whose detokenizer strips the first piece's space would glue the two words)
+    done = [(GERMAN_OPENINGS[i % len(GERMAN_OPENINGS)], r["text"], r["stop"] == "eos")
+            for i, r in sorted(recs.items()) if i < n]
     return translation_requests(done, seed=seed), len(done)

@@ -86,6 +86,14 @@ class IdentityVocab(DraftVocab):
         return topk_ids.long(), topk_probs.float()
 
 
+def same_vocab(a, b):
+    """Whether two draft vocabularies map draft ids to the same target ids."""
+    da, db = getattr(a, "d2t", None), getattr(b, "d2t", None)
+    if da is None or db is None:
+        return da is None and db is None and a.size == b.size
+    return torch.equal(da, db)
+
+
 def build_draft_vocab(counts, n, special_ids=(), unk_id=None, pad_id=None):
     """The n most frequent target ids (counts: tensor [Vt]) plus the specials, specials first.
 
