@@ -220,13 +220,18 @@ def run_prompts(args) -> dict:
         unfinished = 0
     translation_made = 0
     if args.translation:
-        from .translation_prompts import synthesize_translations
+        from .translation_prompts import GERMAN_OPENINGS, translation_requests
 
-        requests, translation_made = synthesize_translations(
-            args.target, args.out + ".translation.raw.jsonl", args.translation, temp=args.temp,
-            max_new=args.max_new, n_parallel=args.n_parallel, threads=args.threads,
-            n_gpu_layers=args.n_gpu_layers, seed=args.seed, progress=not args.quiet)
-        synth += requests
+        recs = synthesize(args.target, args.out + ".translation.raw.jsonl", args.translation,
+                          openings=list(GERMAN_OPENINGS), temp=args.temp, max_new=args.max_new,
+                          n_parallel=args.n_parallel, threads=args.threads, n_gpu_layers=args.n_gpu_layers,
+                          seed=args.seed, progress=not args.quiet)
+        # opening + continuation: the continuation keeps its leading space (Gemma's tokenizer adds no space
+        # prefix; a target whose detokenizer strips the first piece's space would glue the two words)
+        made = [(GERMAN_OPENINGS[i % len(GERMAN_OPENINGS)], r["text"], r["stop"] == "eos")
+                for i, r in sorted(recs.items()) if i < args.translation]
+        translation_made = len(made)
+        synth += translation_requests(made, seed=args.seed)
     included = [p for path in (args.include or []) for p in include_prompts(path, args.include_select, args.include_source)]
     if args.include_limit and len(included) > args.include_limit:  # a seeded sample, in file order
         keep = sorted(random.Random(args.seed).sample(range(len(included)), args.include_limit))

@@ -10,7 +10,8 @@ are cut out and filtered (length, no markup, German function words present, Engl
 each becomes a request through one of several instruction phrasings. Half the sentences get the
 tokenised spacing of the WMT news test sets (a space before punctuation), as users paste such text too.
 The requests then pass prompts.py's filters like every other prompt (deduplication, benchmark copies).
-Resumable as prompts.synthesize is (the raw file keeps every continuation as it arrives).
+prompts.py runs the continuations (prompts.synthesize with GERMAN_OPENINGS; resumable, the raw file keeps
+every continuation as it arrives); this module only turns them into requests (no model, no torch).
 """
 from __future__ import annotations
 
@@ -88,16 +89,3 @@ def translation_requests(continuations: list, *, per_continuation: int = 2, seed
                 s = wmt_spacing(s)
             out.append((rng.choice(REQUEST_FORMS).format(s=s), "translation:de-en"))
     return out
-
-
-def synthesize_translations(target: str, raw_path: str, n: int, *, seed: int = 0, **engine) -> tuple:
-    """(requests, continuations made): n continuations of the German openings by the target (appended to
-    raw_path, resumable), their filtered sentences framed as requests."""
-    from .prompts import synthesize
-
-    recs = synthesize(target, raw_path, n, openings=list(GERMAN_OPENINGS), seed=seed, **engine)
-    # opening + continuation: the continuation's text keeps its leading space (Gemma's tokenizer adds no
-    # space prefix; a target whose detokenizer strips the first piece's space would glue the two words)
-    done = [(GERMAN_OPENINGS[i % len(GERMAN_OPENINGS)], r["text"], r["stop"] == "eos")
-            for i, r in sorted(recs.items()) if i < n]
-    return translation_requests(done, seed=seed), len(done)
