@@ -344,15 +344,11 @@ def _resumed_vocab(args, target_vocab_size):
     """The draft vocabulary of the checkpoint `--resume` will continue, or None. A vocabulary is built
     from the cache's token counts, and a cache still being written (--allow-incomplete-cache) counts
     differently by the time a run resumes: the saved one is the one its weights were trained on."""
-    from . import checkpoint as C
+    from .loop import resume_source
     from .vocab import load_draft_vocab
 
-    if not args.resume:
-        return None
-    for src in (os.path.join(args.out, "ckpt"), os.path.join(args.out, "ckpt.old")):
-        if C.has_trainer_state(src):
-            return load_draft_vocab(src, target_vocab_size)
-    return None
+    src = resume_source(args.out) if args.resume else None
+    return None if src is None else load_draft_vocab(src, target_vocab_size)
 
 
 def cmd_kd(args, rank, world, device):
@@ -379,6 +375,7 @@ def cmd_kd(args, rank, world, device):
         tpath = _feature_target(args, cache)
     else:
         tpath = os.path.abspath(_target_path(args.target)) if args.target else None
+    resumed = _resumed_vocab(args, int(cache.meta["target"]["vocab_size"]))
     if init:
         target = read_target(tpath) if kind.name == "feature" else None
         model, vocab, info0 = C.load_drafter(init, cache.meta["target"]["vocab_size"], target=target)
@@ -386,7 +383,7 @@ def cmd_kd(args, rank, world, device):
             raise ValueError(f"--init drafter was trained for another target ({info0.get('target_sha256')[:16]}...)")
         extra = {}
         # the vocabulary to train on: a resumed run's saved one, else --draft-vocab's from this cache, else the init's
-        want = _resumed_vocab(args, int(cache.meta["target"]["vocab_size"]))
+        want = resumed
         if want is None and vocab_asked:
             want = kd.build_vocab(cache, args.draft_vocab)
         from .vocab import same_vocab
@@ -401,9 +398,7 @@ def cmd_kd(args, rank, world, device):
             extra = dict(vocab_remap=dict(old=vocab.size, new=want.size, kept_rows=kept))
             vocab = want
     else:
-        vocab = _resumed_vocab(args, int(cache.meta["target"]["vocab_size"]))
-        if vocab is None:
-            vocab = kd.build_vocab(cache, args.draft_vocab)
+        vocab = resumed if resumed is not None else kd.build_vocab(cache, args.draft_vocab)
         model, extra = kind.build(cache, vocab, args, tpath)
     drafters.check_cache(model, cache)
     model.to(device)

@@ -428,6 +428,7 @@ def remap_head(model, old_d2t, new_d2t, target, ridge=0.1):
     against 1.67); the fitted map predicts held-out trained rows at cosine 0.94 (measured). With fewer
     shared rows than twice the hidden size the target's rows are only scaled to the trained rows' norm.
     Returns how many rows were kept."""
+    new_vocab_d2t = new_d2t  # None: the full target vocabulary, as set_d2t takes it
     old_d2t = torch.arange(target["vocab_size"]) if old_d2t is None else torch.as_tensor(old_d2t, dtype=torch.long)
     new_d2t = torch.arange(target["vocab_size"]) if new_d2t is None else torch.as_tensor(new_d2t, dtype=torch.long)
     old_rows = model.lm_head.weight.detach().clone()
@@ -449,6 +450,5 @@ def remap_head(model, old_d2t, new_d2t, target, ridge=0.1):
     model.lm_head = nn.Linear(old_rows.shape[1], len(new_d2t), bias=False).to(old_rows.device, old_rows.dtype)
     model.lm_head.weight.copy_(out.to(old_rows.dtype))
     model.cfg["draft_vocab_size"] = len(new_d2t)
-    model.set_d2t(None if len(new_d2t) == target["vocab_size"] and bool((new_d2t == torch.arange(len(new_d2t))).all())
-                  else new_d2t)
+    model.set_d2t(new_vocab_d2t)
     return int(kept.sum())

@@ -27,6 +27,16 @@ def resolve_ckpt(path):
     raise FileNotFoundError(f"no drafter checkpoint (config.json) in {path}, {path}/final or {path}/ckpt")
 
 
+def resume_source(out):
+    """The checkpoint a `--resume` of run dir `out` continues (OUT/ckpt, else the OUT/ckpt.old a save
+    interrupted between its renames left), or None."""
+    ckpt = os.path.join(out, "ckpt")
+    for src in (ckpt, ckpt + ".old"):
+        if C.has_trainer_state(src):
+            return src
+    return None
+
+
 class Trainer:
     """Owns the optimizer; step functions call .update(loss) (PPO takes several updates per step)."""
 
@@ -75,7 +85,7 @@ def run(args, model, vocab, info, step_fn, stage, rank=0, world=1, device="cpu",
     start, cpu_used = 0, 0.0
     plateau = {"best": None, "best_step": None, "since": 0}  # the held-out curve's state, resumed with the run
     if args.resume:
-        src = ckpt if C.has_trainer_state(ckpt) else (ckpt + ".old" if C.has_trainer_state(ckpt + ".old") else None)
+        src = resume_source(out)
         if src is not None:
             saved = load_draft_vocab(src, vocab.target_vocab_size)
             if not same_vocab(saved, vocab):  # weights belong to their d2t: never pair them with another
