@@ -157,6 +157,7 @@ NB_MODULE(_core, m) {
         .def_rw("seed", &DataGenParams::seed)
         .def_rw("stop_at_eog", &DataGenParams::stop_at_eog)
         .def_rw("host_threads", &DataGenParams::host_threads)
+        .def_rw("device_topk", &DataGenParams::device_topk)
         .def_rw("layers", &DataGenParams::layers);
 
     nb::class_<DataGen>(m, "DataGen")
@@ -181,6 +182,7 @@ NB_MODULE(_core, m) {
                 d["new_tokens"] = st.new_tokens;
                 d["decodes"] = st.decodes;
                 d["rows"] = st.rows;
+                d["device_rows"] = st.device_rows;
                 d["t_decode_ms"] = st.t_decode_ms;
                 d["t_host_ms"] = st.t_host_ms;
                 d["t_total_ms"] = st.t_total_ms;
@@ -193,6 +195,7 @@ NB_MODULE(_core, m) {
         .def_prop_ro("n_vocab", [](DataGen & g) { return g.model.n_vocab(); })
         .def_prop_ro("n_ctx", [](DataGen & g) { return g.model.n_ctx(); })
         .def_prop_ro("n_parallel", [](DataGen & g) { return (int) llama_n_seq_max(g.model.ctx()); })
+        .def_prop_ro("gpu_layers", [](DataGen & g) { return g.model.gpu_layers(); })
         .def_prop_ro("bos", [](DataGen & g) { return llama_vocab_bos(g.model.vocab()); })
         .def(
             "tokenize",

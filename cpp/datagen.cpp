@@ -1,5 +1,6 @@
 #include "datagen.h"
 
+#include "device_topk.h"
 #include "topk.h"
 
 #include <algorithm>
@@ -62,6 +63,30 @@ void parallel_for(int n, int n_threads, const F & fn) {
     for (auto & th : pool) th.join();
 }
 
+// The device top-k sampler's output for batch row r: the argmax and the k ids by descending
+// probability (ties by id, as topk_softmax orders them; the device returns them in no order).
+void read_device_topk(llama_context * ctx, int r, int K, RowResult & res) {
+    const llama_token * ids = llama_get_sampled_candidates_ith(ctx, r);
+    const float * probs = llama_get_sampled_probs_ith(ctx, r);
+    if (!ids || !probs || (int) llama_get_sampled_candidates_count_ith(ctx, r) != K ||
+        (int) llama_get_sampled_probs_count_ith(ctx, r) != K)
+        throw Error("the device top-k sampler returned no result for a scored row");
+    std::vector<int> order(K);
+    for (int j = 0; j < K; ++j) order[j] = j;
+    std::sort(order.begin(), order.end(), [&](int a, int b) {
+        return probs[a] != probs[b] ? probs[a] > probs[b] : ids[a] < ids[b];
+    });
+    res.ids.resize(K);
+    res.probs.resize(K);
+    for (int j = 0; j < K; ++j) {
+        res.ids[j] = ids[order[j]];
+        res.probs[j] = probs[order[j]];
+    }
+    res.best = llama_get_sampled_token_ith(ctx, r);
+    if (res.best == LLAMA_TOKEN_NULL) throw Error("the device top-k sampler returned no token for a scored row");
+    res.next = res.best;
+}
+
 }  // namespace
 
 DataGenStats DataGenerator::run(const std::vector<std::vector<llama_token>> & prompts,
@@ -78,6 +103,8 @@ DataGenStats DataGenerator::run(const std::vector<std::vector<llama_token>> & pr
     if (p.topk < 1 || p.topk > 1024 || p.topk > n_vocab) throw Error("topk must be in [1, min(1024, n_vocab)]");
     if (!(p.temp >= 0.0f) || std::isinf(p.temp)) throw Error("temperature must be >= 0");
     if (p.host_threads < 0 || p.host_threads > 1024) throw Error("host_threads must be in [0, 1024] (0: all cores)");
+    if (p.device_topk && p.temp > 0.0f)
+        throw Error("top-k on the device makes greedy data only: sampled data (temp > 0) takes the host path");
     const int host_threads = p.host_threads > 0 ? p.host_threads : std::max(1u, std::thread::hardware_concurrency());
     if ((int64_t) ctx_per_seq * n_par > (int64_t) llama_n_ctx(ctx))
         throw Error("ctx_per_seq x n_parallel (" + std::to_string((int64_t) ctx_per_seq * n_par) +
@@ -106,11 +133,29 @@ DataGenStats DataGenerator::run(const std::vector<std::vector<llama_token>> & pr
     llama_memory_t mem = llama_get_memory(ctx);
     llama_memory_clear(mem, true);
     llama_batch batch = llama_batch_init(n_batch, 0, 1);
+    // One device top-k sampler chain per sequence id, detached and freed however run() ends.
+    std::vector<llama_sampler *> chains;
     struct Free {
         llama_batch & b;
         llama_memory_t m;
-        ~Free() { llama_batch_free(b); llama_memory_clear(m, true); }
-    } free_batch{batch, mem};
+        llama_context * c;
+        std::vector<llama_sampler *> & chains;
+        ~Free() {
+            for (size_t s = 0; s < chains.size(); ++s) {
+                llama_set_sampler(c, (llama_seq_id) s, nullptr);
+                llama_sampler_free(chains[s]);
+            }
+            llama_batch_free(b);
+            llama_memory_clear(m, true);
+        }
+    } free_batch{batch, mem, ctx, chains};
+    if (p.device_topk)
+        for (int s = 0; s < n_par; ++s) {
+            chains.push_back(make_device_topk_chain(K));
+            if (!llama_set_sampler(ctx, s, chains.back()))
+                throw Error("the target's backend refused the device top-k sampler" +
+                            (last_llama_error().empty() ? std::string() : ": " + last_llama_error()));
+        }
 
     DataGenStats st;
     const double t_start = now_ms();
@@ -184,10 +229,13 @@ DataGenStats DataGenerator::run(const std::vector<std::vector<llama_token>> & pr
         for (int r = 0; r < (int) rows.size(); ++r)
             if (rows[r].logits) {
                 logit_rows.push_back(r);
-                logit_ptrs.push_back(llama_get_logits_ith(ctx, r));
+                if (!p.device_topk) logit_ptrs.push_back(llama_get_logits_ith(ctx, r));
             }
         if (results.size() < rows.size()) results.resize(rows.size());
-        parallel_for((int) logit_rows.size(), host_threads, [&](int i) {
+        if (p.device_topk) {
+            for (int r : logit_rows) read_device_topk(ctx, r, K, results[r]);
+            st.device_rows += (int64_t) logit_rows.size();
+        } else parallel_for((int) logit_rows.size(), host_threads, [&](int i) {
             const int r = logit_rows[i];
             RowResult & res = results[r];
             res.ids.resize(K);

@@ -27,6 +27,9 @@ struct DataGenParams {
     int host_threads = 0;     // threads for the per-row softmax/top-k/sampling (0: all cores). With the
                               // model on a GPU this host work is the engine's ceiling; results do not
                               // depend on it (each row draws from its own sequence's Rng)
+    bool device_topk = false; // the softmax, top-k and argmax in the decode graph on the target's backend
+                              // (device_topk.h): only k values per row reach the host. Greedy data only;
+                              // on a CPU the host path is faster (one graph op per sequence, one thread each)
 };
 
 // One finished sequence. Position j holds tokens[j] as input; its label is what follows it.
@@ -45,6 +48,7 @@ struct SeqRecord {
 
 struct DataGenStats {
     int64_t sequences = 0, positions = 0, new_tokens = 0, decodes = 0, rows = 0;
+    int64_t device_rows = 0;  // scored rows whose top-k came from the device sampler
     double t_decode_ms = 0.0, t_host_ms = 0.0, t_total_ms = 0.0;
 };
 

@@ -36,9 +36,10 @@ def engine(gguf, n_parallel, n_ctx=None):
     return _core.DataGen(mp)
 
 
-def generate(gen, prompts, max_new=24, layers=(0, 1), topk=8, temp=0.0, seed=0, indices=()):
+def generate(gen, prompts, max_new=24, layers=(0, 1), topk=8, temp=0.0, seed=0, indices=(), device_topk=False):
     p = _core.DataGenParams()
     p.max_new, p.topk, p.layers, p.temp, p.seed = max_new, topk, list(layers), temp, seed
+    p.device_topk = device_topk
     recs = []
     stats = gen.run([gen.tokenize(t, True) for t in prompts], p, 64, recs.append, list(indices))
     return {int(r["index"]): r for r in recs}, stats
@@ -91,6 +92,34 @@ def test_record_layout_features_and_topk(tiny_target_gguf, batched):
             top = np.argsort(-p, axis=1, kind="stable")[:, :8]
             assert np.array_equal(r["topk_ids"][P - 1:], top)
             np.testing.assert_allclose(r["topk_probs"][P - 1:], np.take_along_axis(p, top, 1), atol=1e-5)
+
+
+def test_device_topk_equals_the_host_path(tiny_target_gguf, batched):
+    """The softmax/top-k/argmax computed in the decode graph (llama.cpp's backend sampling, here on the
+    CPU backend) record what the host path records: the same trajectory, argmax, top-k ids in the same
+    order and features, probabilities within float rounding; sampled data is refused there, and the
+    engine detaches its samplers (a host run after it is unchanged)."""
+    gen = engine(tiny_target_gguf, 4)
+    dev, stats = generate(gen, PROMPTS, device_topk=True)
+    assert sorted(dev) == sorted(batched) and stats["sequences"] == len(PROMPTS)
+    assert stats["device_rows"] == sum(int(r["scored"].sum()) for r in dev.values())  # every scored row
+    for i, h in batched.items():
+        d = dev[i]
+        for key in ("tokens", "greedy", "next", "scored", "topk_ids", "hidden_bf16"):
+            assert np.array_equal(d[key], h[key]), (i, key)
+        np.testing.assert_allclose(d["topk_probs"], h["topk_probs"], rtol=1e-5, atol=1e-7)
+    with pytest.raises(_core.EngineError, match="greedy data only"):
+        generate(gen, PROMPTS[:2], temp=0.8, device_topk=True)
+    again, stats = generate(gen, PROMPTS)
+    assert stats["device_rows"] == 0
+    assert all(np.array_equal(again[i]["topk_probs"], batched[i]["topk_probs"]) for i in batched)
+    # where it runs by default: on a GPU, greedy data only
+    assert not datagen.device_topk("auto", 0, 0.0) and datagen.device_topk("auto", 5, 0.0)
+    assert not datagen.device_topk("auto", 5, 0.8) and datagen.device_topk("device", 0, 0.0)
+    with pytest.raises(ValueError, match="greedy data only"):
+        datagen.device_topk("device", 5, 0.8)
+    with pytest.raises(ValueError, match="--topk-on"):
+        datagen.device_topk("gpu", 5, 0.0)
 
 
 def test_sampling_is_seeded_per_prompt(tiny_target_gguf):

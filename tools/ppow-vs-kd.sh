@@ -45,7 +45,8 @@ Options:
   --cpu-profile FILE    this CPU's cost profile (default: measured on the start drafter's GGUF)
   --gpu-profile P       a GPU's cost profile, path or packaged name (default h200-gemma3-270m)
   --profiles LIST       which profiles the PPOW arms use (default cpu,gpu)
-  --arms LIST           arms to run (default: all of kd,expected,sampled,no-speedup,no-proximity,no-adaptive,anchor-reference,no-anchor)
+  --arms LIST           arms to run (default: all of kd,expected,sampled,no-speedup,no-proximity,no-adaptive,anchor-reference,no-anchor);
+                        ARM@PROFILE (e.g. expected@cpu) runs that arm under that profile only
   --ks LIST             window lengths of the tau table (default 1,2,4,8)
   --threads N           threads per training process (default 1)
   --parallel N          arms run side by side (default 1)
@@ -190,7 +191,8 @@ arm_flags() {  # PPOW flags of an arm name
 JOBS=()
 IFS=, read -ra ARMLIST <<< "$ARMS"; IFS=, read -ra PROFLIST <<< "$PROFILES"
 for arm in "${ARMLIST[@]}"; do
-  if [ "$arm" = kd ]; then JOBS+=("kd"); else for p in "${PROFLIST[@]}"; do JOBS+=("$arm@$p"); done; fi
+  # kd has no cost profile; ARM@PROFILE names one profile for that arm alone
+  if [ "$arm" = kd ] || [[ "$arm" == *@* ]]; then JOBS+=("$arm"); else for p in "${PROFLIST[@]}"; do JOBS+=("$arm@$p"); done; fi
 done
 run_arm() {
   local job=$1 dir=$OUT/arms/$1

@@ -7,7 +7,7 @@
 #   1 invariance  which batch shapes give bitwise-equal rows (tools/gpu/diag_invariance.py; RUN_INVARIANCE=1)
 #   2 exact       ppow greedy speculative vs plain on the GPU, fixed-width padding on/off (diag_exact.py)
 #   3 torch       torch beside ppow: crash variants, ldd, candidate fixes (diag_torch.py)
-#   4 datagen     data engine tokens/s by sequences in flight and host threads (diag_datagen.py)
+#   4 datagen     data engine tokens/s by sequences in flight, host vs device top-k (diag_datagen.py)
 #   5 chain       issue 21 on the GPU: prompts (SmolLM2 self-synthesis) -> Gemma data -> KD from the
 #                 shipped drafter -> eval on the dev cache -> GGUF, each stage its own process
 #   6 step-timing seconds per update of KD, PPOW expected and PPOW sampled (tools/ppow-step-timing.py)
@@ -68,7 +68,7 @@ done; done
 fi
 step exact 120 90 python3 $T/diag_exact.py --target $G --drafter $P/gemma3-270m-kd.gguf --prompts $P/specbench-dev.jsonl --n 24
 step torch 120 150 python3 $T/diag_torch.py --target $G --timeout 40
-step datagen 200 80 python3 $T/diag_datagen.py --target $G --prompts $P/specbench-dev.jsonl --configs 16:0,64:0,256:0,64:1 --seconds 15
+step datagen 260 170 python3 $T/diag_datagen.py --target $G --prompts $P/specbench-dev.jsonl --configs 16:0,64:0,256:0,16:0:device,64:0:device,256:0:device --seconds 15
 
 # 5. the issue-21 chain, every stage in its own process (torch and a CUDA ppow not yet in one)
 step prompts 330 90 python3 -m ppow.train.cli prompts --target $S -ngl -1 --n 3000 --n-parallel 256 --max-new 128 \

@@ -83,6 +83,10 @@ def build_parser():
     d.add_argument("--n-parallel", type=int, default=32, help="engine: sequences in flight in one decode")
     d.add_argument("--host-threads", type=int, default=0,
                    help="engine: threads for the per-row softmax/top-k (0 = all cores; the ceiling on a GPU)")
+    d.add_argument("--topk-on", choices=["auto", "host", "device"], default="auto",
+                   help="engine: where each row's softmax/top-k runs: device = in the decode graph on the target's "
+                        "backend, only k values per row reach the host (greedy data only); host = host threads; "
+                        "auto = device when the target has layers on a GPU and --temp is 0")
     d.add_argument("--temp", type=float, default=0.0, help="engine: 0 = greedy; > 0 samples (seeded by --seed)")
     d.add_argument("--prompts", default=None, help="jsonl (text|turns) or plain text, one prompt per line")
     d.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0 = all cores; 1 on a busy machine)")
@@ -245,7 +249,8 @@ def cmd_data(args):
             path, args.out, prompts, template=args.template, max_new=args.max_new, prompt_tail=args.prompt_tail,
             topk=args.topk, layers=[] if args.layers == "none" else args.layers, n_parallel=args.n_parallel,
             threads=args.threads, temp=args.temp, seed=args.seed, shard_size=args.shard_size or 64,
-            progress=not args.quiet, n_gpu_layers=args.n_gpu_layers, host_threads=args.host_threads)
+            progress=not args.quiet, n_gpu_layers=args.n_gpu_layers, host_threads=args.host_threads,
+            topk_on=args.topk_on)
         print(json.dumps(summary))
         return
     from .cache import build_cache  # the llama/torch backends: torch from here on

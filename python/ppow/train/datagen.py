@@ -107,9 +107,26 @@ def open_engine(target_path, n_parallel, ctx_per_seq, threads=0, n_gpu_layers=0)
         raise PpowError(str(e)) from None
 
 
+TOPK_ON = ("auto", "host", "device")
+
+
+def device_topk(topk_on, gpu_layers, temp):
+    """Whether the engine computes each row's softmax/top-k in the decode graph (`--topk-on`).
+
+    auto: there when the target has layers on a GPU and the data is greedy (on a GPU the full row of
+    logits and its host softmax were the engine's ceiling; on a CPU the host threads are faster, as
+    the graph runs one single-threaded op per sequence). Sampled data (temp > 0) draws from the full
+    softmax on the host."""
+    if topk_on not in TOPK_ON:
+        raise ValueError(f"--topk-on must be one of {', '.join(TOPK_ON)}, got {topk_on!r}")
+    if topk_on == "device" and temp > 0:
+        raise ValueError("--topk-on device makes greedy data only; sampled data (--temp > 0) needs --topk-on host|auto")
+    return topk_on == "device" or (topk_on == "auto" and gpu_layers > 0 and temp == 0)
+
+
 def build_engine_cache(target_path, out_dir, prompts, *, template="raw", max_new=64, prompt_tail=64, topk=16,
                        layers=None, n_parallel=16, threads=0, temp=0.0, seed=0, shard_size=64, identity=None,
-                       n_gpu_layers=0, host_threads=0, progress=True, log=print):
+                       n_gpu_layers=0, host_threads=0, topk_on="auto", progress=True, log=print):
     """Generate from `prompts` (list of {text, category, id}) with the GGUF target and cache it.
 
     Returns the summary dict `ppow-train data` prints. Resumable (see the module docstring).
@@ -125,6 +142,7 @@ def build_engine_cache(target_path, out_dir, prompts, *, template="raw", max_new
         raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
     if max_new < 0 or topk < 1:
         raise ValueError("--max-new must be >= 0 and --topk >= 1")
+    device_topk(topk_on, 0, temp)  # a bad --topk-on fails before the target loads
     if not os.path.isfile(target_path):
         raise PpowError(f"target model not found: {target_path}")
     identity = identity or sha256_of(target_path)
@@ -168,6 +186,7 @@ def build_engine_cache(target_path, out_dir, prompts, *, template="raw", max_new
     params = _core.DataGenParams()
     params.max_new, params.topk, params.temp, params.seed, params.layers = max_new, topk, temp, seed, layers
     params.host_threads = host_threads
+    params.device_topk = device_topk(topk_on, gen.gpu_layers, temp)
 
     from tqdm import tqdm
 
@@ -208,4 +227,4 @@ def build_engine_cache(target_path, out_dir, prompts, *, template="raw", max_new
                 resumed_sequences=len(done_idx), seconds=round(seconds, 2),
                 new_tokens_per_second=round(new_this_run / seconds, 1) if seconds > 0 else 0.0,
                 decode_seconds=round(stats["t_decode_ms"] / 1000, 2), n_parallel=n_parallel, layers=layers,
-                topk=topk, disk_bytes=disk, complete=meta["complete"])
+                topk=topk, topk_on="device" if params.device_topk else "host", disk_bytes=disk, complete=meta["complete"])
