@@ -83,6 +83,7 @@ static nb::dict backend_dict(Engine & e) {
     d["flash_attn"] = t.params().flash_attn;
     d["batch_invariant"] = t.params().batch_invariant;
     d["pads_single"] = t.pads_single();
+    d["ref_attention"] = t.ref_attention();
     d["pad_rows"] = t.pad_rows();
     d["float_matrices"] = t.float_matrices();
     d["verify_batch_max"] = e.verify_batch_max();

@@ -73,7 +73,8 @@ Exactness Engine::judge_exactness() const {
         return {false, "CPU backend with " + shape + ": batches of 8 or more rows take other matmul kernels "
                        "there, whose last bits differ from smaller batches'"};
     const bool one_row_ok = W >= 2 || (!target_.float_matrices() &&
-                                        (target_.pads_single() || (target_.flash_attn() && target_.n_threads() == 1)));
+                                        (target_.pads_single() || target_.ref_attention() ||
+                                         (target_.flash_attn() && target_.n_threads() == 1)));
     if (!one_row_ok)
         return {false, std::string("CPU backend without batch-invariant one-token decodes (") +
                            (target_.params().batch_invariant ? "" : "batch_invariant off; ") +
@@ -88,6 +89,8 @@ Exactness Engine::judge_exactness() const {
                                    (target_.float_matrices() && target_.params().pad_rows < 2 ? " (F32/F16/BF16 matrices)" : "")
                       : target_.pads_single() ? std::string("one-token decodes padded to two rows") +
                                                     (target_.flash_attn() ? " past 192 cached tokens" : "")
+                      : target_.ref_attention() ? std::string("flash attention's per-row kernel for every generation "
+                                                              "decode (ggml's use_ref switch)")
                                               : std::string("flash attention on one thread");
     return {true, "CPU backend, batch-invariant decoding: " + how + ", verify batches of at most " +
                       std::to_string(vbm) + " rows, no weight repacking"};

@@ -2,7 +2,10 @@
 
 #include "gguf_check.h"
 
+#include <ggml-backend.h>
 #include <gguf.h>
+
+#include <dlfcn.h>
 
 #include <algorithm>
 #include <chrono>
@@ -76,6 +79,46 @@ static bool abort_cb(void * data) {
 // its query is contiguous, so KQ goes through llamafile's sgemm, while a batch's permuted query takes
 // ggml's own dot products. There every one-token decode is padded.
 static constexpr int kPadSingleFrom = 192;
+
+// The other way to keep a one-query flash-attention decode on the per-row kernel: ggml's CPU backend
+// has a public `use_ref` switch (ggml_backend_cpu_set_use_ref) that turns off the KV split and the
+// tiled path for every row count (and op fusion), so plain steps need no padding row, which costs a
+// whole extra row of every matrix product (1.6x a one-row decode on SmolLM2's Q4_1 body). llama.cpp
+// keeps its context's backends private; its exported accessor llama_context::get_sched (looked up by
+// name in the libllama already loaded, so a build without it keeps the padding rule) gives the
+// scheduler, whose backends are public. The Itanium C++ ABI passes `this` as the first argument.
+struct CpuRefSwitch {
+    ggml_backend_t backend = nullptr;
+    void (*set)(ggml_backend_t, bool) = nullptr;
+};
+
+static CpuRefSwitch find_cpu_ref_switch(llama_context * ctx) {
+    CpuRefSwitch sw;
+    const char * env = std::getenv("PPOW_CPU_REF");  // "0": keep the padding rule (to compare the two)
+    if (env && std::strcmp(env, "0") == 0) return sw;
+    ggml_backend_reg_t reg = ggml_backend_reg_by_name("CPU");
+    if (!reg) return sw;
+    auto set = (void (*)(ggml_backend_t, bool)) ggml_backend_reg_get_proc_address(reg, "ggml_backend_cpu_set_use_ref");
+    Dl_info info{};
+    if (!set || !dladdr((void *) &llama_decode, &info) || !info.dli_fname) return sw;
+    void * lib = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+    if (!lib) return sw;
+    using GetSched = ggml_backend_sched_t (*)(const llama_context *);
+    auto get_sched = (GetSched) dlsym(lib, "_ZNK13llama_context9get_schedEv");
+    dlclose(lib);  // RTLD_NOLOAD: only drops the reference this call added
+    ggml_backend_sched_t sched = get_sched ? get_sched(ctx) : nullptr;
+    if (!sched) return sw;
+    for (int i = 0; i < ggml_backend_sched_get_n_backends(sched); ++i) {
+        ggml_backend_t b = ggml_backend_sched_get_backend(sched, i);
+        ggml_backend_dev_t dev = b ? ggml_backend_get_device(b) : nullptr;
+        if (dev && ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU) {
+            sw.backend = b;
+            sw.set = set;
+            return sw;
+        }
+    }
+    return sw;
+}
 
 std::string LlamaModel::gpu_devices() {
     std::string names;
@@ -168,6 +211,7 @@ LlamaModel::LlamaModel(const ModelParams & p) : path_(p.path), params_(p) {
     fixed_width_ = params_.pad_rows > 0 || (params_.pad_rows < 0 && gpu_invariant) ? pad_rows_ : 0;
     // The CPU's rules (derived there, see kPadSingleFrom): they need every layer on the CPU.
     const bool cpu_invariant = p.batch_invariant && gpu_layers_ == 0 && p.n_parallel == 1;
+    // Decided once the context exists (the use_ref switch needs it); the context's sizes assume padding.
     pad_single_ = cpu_invariant && (n_threads > 1 || !flash);
     pad_from_ = flash ? kPadSingleFrom : 0;
     float_matrices_ = has_float_matrices(p.path);
@@ -199,6 +243,14 @@ LlamaModel::LlamaModel(const ModelParams & p) : path_(p.path), params_(p) {
         std::string why = last_llama_error();
         llama_model_free(model_);
         throw Error("failed to create a context for " + p.path + (why.empty() ? "" : ": " + why));
+    }
+    if (pad_single_ && flash && n_threads > 1) {  // flash attention's split: the switch instead of a row
+        const CpuRefSwitch sw = find_cpu_ref_switch(ctx_);
+        if (sw.set) {
+            ref_backend_ = sw.backend;
+            set_use_ref_ = sw.set;
+            pad_single_ = false;
+        }
     }
     // llama.cpp pads the context up (to 256); the caller's figure stays the limit we enforce.
     n_ctx_ = std::min((int) llama_n_ctx(ctx_), n_ctx_want);
@@ -256,6 +308,13 @@ double LlamaModel::decode(const llama_token * tokens, int n, int n_logits) {
             batch_.n_tokens = width;
         }
         const bool pad = batch_.n_tokens > m;
+        // Generation decodes (a plain step, a verify batch) on the per-row attention kernel; prompt
+        // chunks keep the faster tiled one (their rows are never compared with anything).
+        if (set_use_ref_) {
+            const bool ref = m <= kRefRowsMax;
+            if (ref != use_ref_on_) set_use_ref_(ref_backend_, ref);
+            use_ref_on_ = ref;
+        }
         if (capture_->active()) capture_->begin_ubatch(m, outputs);
         const int rc = llama_decode(ctx_, batch_);
         if (pad) llama_memory_seq_rm(mem, 1, -1, -1);

@@ -74,6 +74,9 @@ public:
     int n_threads() const { return n_threads_; }
     bool flash_attn() const { return flash_; }
     bool pads_single() const { return pad_single_; }
+    // One-token decodes kept on flash attention's per-row kernel by ggml's use_ref switch instead
+    // of a padding row (model.cpp, find_cpu_ref_switch).
+    bool ref_attention() const { return set_use_ref_ != nullptr; }
     int pad_rows() const { return pad_rows_; }
     // The width every generation decode is padded to by design (asked, or the GPU rule), 0 if none:
     // the engine caps its verify batches there so every decode has exactly that many rows.
@@ -118,6 +121,11 @@ private:
     int gpu_layers_ = 0, n_threads_ = 1;
     bool flash_ = true, float_matrices_ = false;
     int first_out_ = 0;  // batch index of the first requested output row of the last decode
+    // ggml's CPU use_ref switch (null: not found or not needed); on for decodes of <= kRefRowsMax rows.
+    static constexpr int kRefRowsMax = 16;
+    ggml_backend_t ref_backend_ = nullptr;
+    void (*set_use_ref_)(ggml_backend_t, bool) = nullptr;
+    bool use_ref_on_ = false;
     std::vector<llama_token> cached_;
 };
 

@@ -205,13 +205,18 @@ def deep_prompts():
             f"{body}\nQuestion: Which item is measured in units of 5, and what does it measure?\nAnswer:"]
 
 
-@pytest.mark.parametrize("batch_invariant", [True, False])
-def test_two_threads_single_vs_batch_logits(gemma_gguf, deep_prompts, batch_invariant):
+@pytest.mark.parametrize("batch_invariant,route", [(True, "switch"), (True, "pad"), (False, "switch")])
+def test_two_threads_single_vs_batch_logits(gemma_gguf, deep_prompts, batch_invariant, route, monkeypatch):
     # With two threads llama.cpp's CPU flash attention sums a one-token decode's KV range in
-    # per-thread chunks, and a batch row in one pass. ppow pads one-token decodes to two rows, so a
-    # position scored alone and inside a 3-token batch must agree bit for bit; without the padding
-    # they differ (which is what makes this test able to fail).
+    # per-thread chunks, and a batch row in one pass. ppow keeps one-token decodes on the per-row
+    # kernel, through ggml's use_ref switch or (PPOW_CPU_REF=0, or a llama.cpp without the accessor)
+    # by padding them to two rows, so a position scored alone and inside a 3-token batch must agree
+    # bit for bit; with neither they differ (which is what makes this test able to fail).
+    if route == "pad":
+        monkeypatch.setenv("PPOW_CPU_REF", "0")
     with ppow.Generator(gemma_gguf, None, n_ctx=1024, n_threads=2, batch_invariant=batch_invariant) as g:
+        assert g.backend["ref_attention"] == (batch_invariant and route == "switch")
+        assert g.backend["pads_single"] == (batch_invariant and route == "pad")
         ids = g.tokenize(deep_prompts[0])
         assert len(ids) > 300
         alone, batched = scored_alone_and_batched(g, ids, 3)
@@ -242,9 +247,12 @@ def test_flash_attn_off_single_vs_batch_logits(smollm2_gguf, deep_prompts, n_thr
                 assert np.array_equal(alone, batched) == batch_invariant, (depth, batch_invariant)
 
 
-def test_two_threads_deep_greedy_lossless(gemma_gguf, deep_prompts):
+@pytest.mark.parametrize("route", ["switch", "pad"])
+def test_two_threads_deep_greedy_lossless(gemma_gguf, deep_prompts, route, monkeypatch):
     # The first prompt's plain output differs from its speculative output at token 0 when one-token
-    # decodes are not padded (measured on a 2-core x86 VM); padded, every k matches.
+    # decodes take the split kernel (measured on a 2-core x86 VM); on the per-row one, every k matches.
+    if route == "pad":
+        monkeypatch.setenv("PPOW_CPU_REF", "0")
     with ppow.Generator(gemma_gguf, gemma_gguf, n_ctx=1024, n_threads=2) as g:
         for text in deep_prompts:
             ids = g.tokenize(text)

@@ -105,7 +105,8 @@ def describe_backend(b: dict) -> str:
     where = f"target {b['gpu_layers']}/{b['n_layer'] + 1} layers on {b['gpu_devices']}" if b["gpu_layers"] else "target on the CPU"
     if "drafter_gpu_layers" in b:
         where += f", drafter {b['drafter_gpu_layers']} layers on the GPU" if b["drafter_gpu_layers"] else ", drafter on the CPU"
-    pad = f"pad_rows {b['pad_rows']}" if b["pad_rows"] else ("one-token decodes padded" if b["pads_single"] else "no padding")
+    pad = f"pad_rows {b['pad_rows']}" if b["pad_rows"] else ("one-token decodes padded" if b["pads_single"] else
+                                                         "per-row attention switch" if b.get("ref_attention") else "no padding")
     return (f"backend: {where} (asked -ngl {b['n_gpu_layers']}); {b['n_threads']} threads, flash attention "
             f"{b['flash_attn']}, {pad}, verify batches <= {b['verify_batch_max']} rows; "
             f"exact: {'yes' if b['exact'] else 'not established'}: {b['exact_reason']}")
