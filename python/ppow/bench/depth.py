@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
 import sys
+from unittest import mock
 
 N_NEW = 64
 WORDS = ("the of and a to in is was for on as with by he at from his an were are which this be or has had "
@@ -38,10 +40,21 @@ def ppow_rate(g, ids, depth):
     return out.stats.tokens_per_second  # the generation loop only (t_total_ms starts after the prompt)
 
 
+def llama_lib_env():
+    """llama-bench runs on the llama.cpp libraries ppow links (llama-cpp-python's), so both sides
+    multiply with the same kernels whatever build the binary came from."""
+    import llama_cpp
+
+    env = dict(os.environ)
+    lib = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
+    env["LD_LIBRARY_PATH"] = lib + (os.pathsep + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
+    return env
+
+
 def llama_bench_rate(binary, target, depth, threads, flash):
     cmd = [binary, "-m", target, "-t", str(threads), "-n", str(N_NEW), "-p", "0", "-d", str(depth), "-r", "1",
            "--repack", "0", "-fa", flash, "-o", "json"]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=llama_lib_env())
     if res.returncode != 0:
         raise SystemExit(f"llama-bench failed (code {res.returncode}): {' '.join(cmd)}\n{res.stderr[-2000:]}")
     return float(json.loads(res.stdout)[0]["avg_ts"])
@@ -57,14 +70,23 @@ def main(argv=None):
     ap.add_argument("--depths", default="0,256,512,1024,2048")
     ap.add_argument("--repeats", type=int, default=3, help="runs per system and depth (median reported)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--llama-bench", default=None, help="path of llama.cpp's llama-bench (optional peer)")
+    ap.add_argument("--llama-bench", default=None, help="path of llama.cpp's llama-bench (optional peer; run on "
+                    "llama-cpp-python's libraries through LD_LIBRARY_PATH)")
+    ap.add_argument("--compare-pad", action="store_true",
+                    help="also ppow fa=auto with the padding-row rule instead of ggml's use_ref switch")
     ap.add_argument("-o", "--out", default=None)
     args = ap.parse_args(argv)
     target = resolve_target(args.target)
     depths = [int(d) for d in args.depths.split(",")]
 
-    gens = {f"ppow fa={fa}": ppow.Generator(target, n_ctx=max(depths) + N_NEW + 16, n_threads=args.threads,
-                                            flash_attn=fa) for fa in ("auto", "off")}
+    def gen(fa, pad=False):
+        # pad: the padding-row rule instead of ggml's use_ref switch (PPOW_CPU_REF=0, read at construction)
+        with mock.patch.dict(os.environ, {"PPOW_CPU_REF": "0"} if pad else {}):
+            return ppow.Generator(target, n_ctx=max(depths) + N_NEW + 16, n_threads=args.threads, flash_attn=fa)
+
+    gens = {"ppow fa=auto": gen("auto"), "ppow fa=off": gen("off")}
+    if args.compare_pad:
+        gens["ppow fa=auto pad"] = gen("auto", pad=True)
     ids = next(iter(gens.values())).tokenize(context_text())
     if len(ids) < max(depths):
         raise SystemExit(f"the synthetic context has {len(ids)} tokens, fewer than depth {max(depths)}")
@@ -85,16 +107,20 @@ def main(argv=None):
         row = {"depth": d, **{name: statistics.median(r) for name, r in runs.items()}}
         rows.append(row)
         print(json.dumps(row), flush=True)
+    backends = {name: {k: g.backend[k] for k in ("pads_single", "ref_attention")} for name, g in gens.items()}
     for g in gens.values():
         g.close()
     report = {"target": target, "threads": args.threads, "new_tokens": N_NEW, "repeats": args.repeats,
-              "machine": platform.processor() or platform.machine(), "rows": rows}
+              "machine": platform.processor() or platform.machine(), "rows": rows,
+              "ppow_backend": backends}
     names = list(systems)
-    print("| depth | " + " | ".join(names) + (" | ppow best / llama.cpp default |" if args.llama_bench else " |"))
-    print("|---" * (len(names) + 1 + bool(args.llama_bench)) + "|")
+    ratios = " | ppow default / llama.cpp default | ppow best / llama.cpp default |"
+    print("| depth | " + " | ".join(names) + (ratios if args.llama_bench else " |"))
+    print("|---" * (len(names) + 1 + 2 * bool(args.llama_bench)) + "|")
     for r in rows:
         cells = [f"{r[n]:.1f}" for n in names]
         if args.llama_bench:
+            cells.append(f"{r['ppow fa=auto'] / r['llama.cpp fa=auto']:.2f}x")
             cells.append(f"{max(r['ppow fa=auto'], r['ppow fa=off']) / r['llama.cpp fa=auto']:.2f}x")
         print(f"| {r['depth']} | " + " | ".join(cells) + " |")
     if args.out:
