@@ -5,7 +5,10 @@
 #include <ggml-backend.h>
 #include <gguf.h>
 
+#if defined(__unix__) || defined(__APPLE__)
 #include <dlfcn.h>
+#define PPOW_HAVE_DLFCN 1
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -94,6 +97,7 @@ struct CpuRefSwitch {
 
 static CpuRefSwitch find_cpu_ref_switch(llama_context * ctx) {
     CpuRefSwitch sw;
+#ifdef PPOW_HAVE_DLFCN
     const char * env = std::getenv("PPOW_CPU_REF");  // "0": keep the padding rule (to compare the two)
     if (env && std::strcmp(env, "0") == 0) return sw;
     ggml_backend_reg_t reg = ggml_backend_reg_by_name("CPU");
@@ -117,6 +121,9 @@ static CpuRefSwitch find_cpu_ref_switch(llama_context * ctx) {
             return sw;
         }
     }
+#else
+    (void) ctx;
+#endif
     return sw;
 }
 
