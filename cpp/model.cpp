@@ -251,7 +251,8 @@ LlamaModel::LlamaModel(const ModelParams & p) : path_(p.path), params_(p) {
         llama_model_free(model_);
         throw Error("failed to create a context for " + p.path + (why.empty() ? "" : ": " + why));
     }
-    if (pad_single_ && flash && n_threads > 1) {  // flash attention's split: the switch instead of a row
+    // Flash attention's split: the switch instead of a row (not needed where every decode has 2 rows anyway).
+    if (pad_single_ && flash && n_threads > 1 && pad_rows_ < 2) {
         const CpuRefSwitch sw = find_cpu_ref_switch(ctx_);
         if (sw.set) {
             ref_backend_ = sw.backend;

@@ -121,7 +121,8 @@ def test_cpu_exactness_is_claimed_and_explained(tiny_target_gguf, tiny_drafter_g
         pytest.skip("a CUDA build: the CPU rules are tested on CPU-only builds")
     with ppow.Generator(tiny_target_gguf, tiny_drafter_gguf, n_ctx=128, n_threads=2, n_gpu_layers=99) as g:
         assert g.exact and "CPU backend" in g.exact_reason and "7 rows" in g.exact_reason
-        assert g.backend["pads_single"]  # the CPU rule holds: nothing was offloaded
+        # the CPU rule holds (nothing was offloaded): F32 matrices, so every decode has two rows
+        assert g.backend["pad_rows"] == 2 and g.backend["pads_single"] and not g.backend["ref_attention"]
         out = g.generate("The quick brown fox", n_predict=12, ignore_eos=True, draft_max=4)
         assert out.stats.exact and out.stats.exact_reason == g.exact_reason
         assert out.stats.n_drafted > 0
@@ -147,9 +148,10 @@ def test_settings_outside_the_cpu_rules_are_not_claimed_exact(tiny_target_gguf, 
 
 
 @pytest.mark.real
-def test_quantized_target_rules(gemma_gguf):
+def test_quantized_target_rules(gemma_gguf, monkeypatch):
     # Gemma 3's quantized matrices take the same CPU path for one row as for several: no padding is
-    # needed on one thread with flash attention, and none without the split-KV depth.
+    # needed on one thread with flash attention; with two, ggml's use_ref switch (or, without it,
+    # padding past 192 tokens) keeps one-token decodes off the split-KV kernel.
     if CUDA:
         pytest.skip("a CUDA build")
     with ppow.Generator(gemma_gguf, n_ctx=64, n_threads=1, batch_invariant=False) as g:
@@ -158,7 +160,12 @@ def test_quantized_target_rules(gemma_gguf):
     with ppow.Generator(gemma_gguf, n_ctx=64, n_threads=2, batch_invariant=False, flash_attn="off") as g:
         assert not g.exact and "without flash attention" in g.exact_reason
     with ppow.Generator(gemma_gguf, n_ctx=64, n_threads=2) as g:
+        assert g.exact and "use_ref switch" in g.exact_reason
+        assert g.backend["ref_attention"] and not g.backend["pads_single"]
+    monkeypatch.setenv("PPOW_CPU_REF", "0")
+    with ppow.Generator(gemma_gguf, n_ctx=64, n_threads=2) as g:
         assert g.exact and "one-token decodes padded to two rows past 192" in g.exact_reason
+        assert g.backend["pads_single"] and not g.backend["ref_attention"]
 
 
 def test_run_cli_says_exactness(tiny_target_gguf, tiny_drafter_gguf, capsys):
