@@ -53,6 +53,7 @@ static nb::dict stats_dict(const Stats & s) {
     d["n_lookup_steps"] = s.n_lookup_steps;
     d["n_lookup_drafted"] = s.n_lookup_drafted;
     d["n_lookup_accepted"] = s.n_lookup_accepted;
+    d["n_lookup_shadow"] = s.n_lookup_shadow;
     d["drafted_at"] = s.drafted_at;
     d["accepted_at"] = s.accepted_at;
     d["t_draft_ms"] = s.t_draft_ms;
@@ -236,6 +237,15 @@ NB_MODULE(_core, m) {
         .def_prop_ro("drifted", &CostModel::drifted)
         .def_prop_ro("n_calibrations", &CostModel::n_calibrations)
         .def("begin_generation", &CostModel::begin_generation)
+        .def("observe_lookup", &CostModel::observe_lookup, "ngram"_a, "pos"_a, "accepted"_a)
+        .def("decay_lookup", &CostModel::decay_lookup, "keep"_a)
+        .def("best_lookup_window",
+             [](const CostModel & c, int ngram, int n_avail) {
+                 double gain = 0.0;
+                 const int k = c.best_lookup_window(ngram, n_avail, &gain);
+                 return nb::make_tuple(k, gain);
+             },
+             "ngram"_a, "n_avail"_a)
         .def("to_json", &CostModel::to_json);
 
     nb::enum_<DraftPolicy>(m, "DraftPolicy").value("fixed", DraftPolicy::Fixed).value("auto", DraftPolicy::Auto);

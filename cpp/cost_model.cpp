@@ -283,16 +283,15 @@ void CostModel::observe_lookup(int ngram, int pos, bool accepted) {
 }
 
 int CostModel::best_lookup_window(int ngram, int n_avail, double * gain) const {
-    // Conditional acceptance per position, unreached positions borrowing the last. The prior is
-    // optimistic (two pseudo-acceptances): a kind of match is tried until evidence says it does not
-    // pay, where a neutral prior would never try it on a target whose 2-row verify costs 1.5x a
-    // plain step (Gemma 3 270M on 2 CPU cores at shallow depth).
+    // Conditional acceptance per position, unreached positions borrowing the last, under a neutral
+    // prior (one acceptance in two). The engine judges declined drafts too (Engine::ShadowLookup),
+    // so evidence arrives without paying for windows that lose.
     const auto & n = lookup_n_[ngram - 1];
     const auto & acc = lookup_acc_[ngram - 1];
     auto rate = [&](int pos) {
-        if (n.empty()) return 1.0;
+        if (n.empty()) return 0.5;
         const int p = std::min(pos, (int) n.size() - 1);
-        return (acc[p] + 2.0) / (n[p] + 2.0);
+        return (acc[p] + 1.0) / (n[p] + 2.0);
     };
     return best_by_rate(n_avail, verify_ms(1), rate, [&](int k, double) { return verify_ms(k + 1); }, gain);
 }

@@ -213,7 +213,10 @@ int Engine::lookup_window(const GenParams & gp, const std::vector<llama_token> &
             costs_.best_window(k_cap, &drafter_gain);
             drafter_gain = std::max({1.0, drafter_gain, costs_.gated_gain()});
         }
-        if (k == 0 || gain <= drafter_gain) return 0;
+        if (k == 0 || gain <= drafter_gain) {
+            if (shadow_lookup_.tokens.empty()) shadow_lookup_ = {cand, found.ngram, hist.size(), 0};
+            return 0;
+        }
     } else if (k < std::max(gp.draft_min, 1)) {
         return 0;
     }
@@ -228,6 +231,18 @@ int Engine::lookup_window(const GenParams & gp, const std::vector<llama_token> &
         }
     }
     return found.ngram;
+}
+
+void Engine::judge_shadow_lookup(const std::vector<llama_token> & hist, Stats & st) {
+    ShadowLookup & sh = shadow_lookup_;
+    if (sh.judged == 0 && sh.at < hist.size() && !sh.tokens.empty()) st.n_lookup_shadow += 1;
+    while (sh.judged < sh.tokens.size() && sh.at + sh.judged < hist.size()) {
+        const bool ok = hist[sh.at + sh.judged] == sh.tokens[sh.judged];
+        costs_.observe_lookup(sh.ngram, (int) sh.judged, ok);
+        sh.judged += 1;
+        if (!ok) { sh = {}; return; }  // a verify judges nothing after the first rejection either
+    }
+    if (sh.judged == sh.tokens.size()) sh = {};
 }
 
 bool Engine::commit(llama_token t, const GenParams & gp, Result & res, std::vector<llama_token> & hist,
@@ -364,6 +379,7 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
     const bool speculate = drafter_ && gp.use_drafter && gp.draft_max > 0;
     const bool lookup = gp.lookup && gp.draft_max > 0;
     if (lookup) costs_.decay_lookup(0.5);
+    shadow_lookup_ = {};
     const int nv = target_.n_vocab();
 
     // A feature drafter reads the target's hidden states of the committed positions it will take in:
@@ -418,6 +434,7 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
                 k_cap = std::min({gp.draft_max, target_.n_ctx() - (int) hist.size(),
                                   gp.n_predict - (int) res.tokens.size() - 1});
             draft_.clear();
+            if (lookup) judge_shadow_lookup(hist, st);
             const int lookup_ngram = lookup && k_cap > 0 ? lookup_window(gp, hist, k_cap, speculate) : 0;
             const bool looked_up = lookup_ngram > 0;
             bool probe = false;

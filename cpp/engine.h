@@ -36,6 +36,7 @@ struct Stats {
     int n_generated = 0, n_steps = 0, n_drafted = 0, n_accepted = 0;
     int n_plain_steps = 0, n_probe_steps = 0;
     int n_lookup_steps = 0, n_lookup_drafted = 0, n_lookup_accepted = 0;  // windows from prompt lookup
+    int n_lookup_shadow = 0;  // declined lookup drafts judged against the committed tokens (free evidence)
     std::vector<int> drafted_at, accepted_at;  // per window position
     double t_draft_ms = 0.0;      // drafter, forward passes and its host work
     double t_draft_fwd_ms = 0.0;  // drafter forward passes only
@@ -131,6 +132,8 @@ private:
     // Prompt lookup's window into draft_.tokens when it is the step's best draft: returns the length
     // of the matched n-gram (its acceptance is kept per length), 0 when lookup does not draft.
     int lookup_window(const GenParams & gp, const std::vector<llama_token> & hist, int k_cap, bool speculate);
+    // Judges the pending declined lookup draft (shadow_lookup_) against the tokens committed since.
+    void judge_shadow_lookup(const std::vector<llama_token> & hist, Stats & st);
 
     LlamaModel target_;
     std::unique_ptr<Drafter> drafter_;
@@ -145,6 +148,15 @@ private:
     bool plain_by_policy_ = false;  // the last choose_window() chose plain decoding on the costs
     bool probe_soon_ = false;       // ... and a probe is due within kCaptureAhead steps
     int last_commit_ = 1;           // tokens committed by the last step (the drafter's steady catch-up)
+    // A lookup draft the auto policy declined, judged against what the target then committed: its
+    // acceptance evidence costs nothing (greedy: a plain step commits the target's argmax, exactly
+    // what a verify compares; sampled: the committed token equals the draft with probability p(x),
+    // a lookup draft's acceptance probability). One pending at a time.
+    struct ShadowLookup {
+        std::vector<llama_token> tokens;
+        int ngram = 0;
+        size_t at = 0, judged = 0;  // history index of tokens[0]; positions judged so far
+    } shadow_lookup_;
     // A probe window's feature drafter takes in only this many recent positions: its cost stays
     // bounded however long the plain run before it was (the useless-drafter case).
     static constexpr int kProbeCatchup = 16;

@@ -216,3 +216,44 @@ def test_model_drafter_bounded_catch_up_stays_exact(tiny_target_gguf, tiny_draft
         assert out.tokens == ref.tokens
         assert out.stats.n_draft_catchup >= 256  # the first window took in the latest 256 tokens
         assert out.stats.n_drafted > 0
+
+
+# Prompt lookup's windows under auto. A 2-row verify at 1.6x a plain step (SmolLM2-135M on the 2-core
+# EPYC) needs a first-token acceptance above 0.6 before a one-token lookup window pays.
+EPYC_SMOLLM2 = {n: 1.0 + 0.6 * (n - 1) ** 0.7 for n in range(1, 10)}
+
+
+def lookup_costs():
+    c = _core.CostModel()
+    c.calibrate(list(EPYC_SMOLLM2), lambda n: EPYC_SMOLLM2[n])
+    return c
+
+
+def test_lookup_prior_is_neutral_where_a_window_costs_more_than_it_is_likely_to_bring():
+    # No evidence yet: acceptance 1/2 at every position, below what a window needs here, so lookup
+    # waits for evidence (the engine gets it free from the drafts it declines) instead of paying for it.
+    c = lookup_costs()
+    assert c.best_lookup_window(1, 4) == (0, 1.0)
+    cheap = _core.CostModel()  # where a 2-row verify costs 1.05x a plain step, 1/2 already pays
+    cheap.calibrate([1, 2, 3], lambda n: {1: 1.0, 2: 1.05, 3: 1.1}[n])
+    k, gain = cheap.best_lookup_window(1, 2)
+    assert k >= 1 and gain > 1.0
+
+
+def test_lookup_windows_follow_the_evidence_per_ngram():
+    c = lookup_costs()
+    for _ in range(20):  # two-token matches: nine in ten accepted at every position
+        for pos in range(4):
+            c.observe_lookup(2, pos, pos < 3 or _ % 10 != 0)
+    for i in range(20):  # one-token matches: three in ten at the first position
+        c.observe_lookup(1, 0, i % 10 < 3)
+    k2, gain2 = c.best_lookup_window(2, 4)
+    assert k2 == 4 and gain2 > 1.5
+    assert c.best_lookup_window(1, 4)[0] == 0
+    # Each generation starts with the earlier evidence halved: a new generation's own evidence soon
+    # outweighs it (here: one-token matches that now repeat).
+    c.decay_lookup(0.5)
+    for _ in range(12):
+        c.observe_lookup(1, 0, True)
+        c.observe_lookup(1, 1, True)
+    assert c.best_lookup_window(1, 2)[0] >= 1

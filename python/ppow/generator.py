@@ -35,6 +35,7 @@ class Stats:
     n_lookup_steps: int      # verify steps whose window came from prompt lookup (lookup=True)
     n_lookup_drafted: int
     n_lookup_accepted: int
+    n_lookup_shadow: int     # declined lookup drafts (auto) judged against what was committed instead
     drafted_at: list
     accepted_at: list
     t_draft_ms: float
