@@ -136,6 +136,14 @@ static nb::dict record_dict(SeqRecord && r, int K, int L, int H) {
 NB_MODULE(_core, m) {
     m.doc() = "ppow engine: speculative decoding over llama.cpp";
     nb::exception<Error>(m, "EngineError", PyExc_RuntimeError);
+    // Prompt lookup's draft on its own (unit tests of the occurrence it picks).
+    m.def(
+        "lookup_draft",
+        [](const std::vector<llama_token> & hist, int n_max) {
+            const LookupDraft d = lookup_draft(hist, n_max);
+            return nb::make_tuple(d.tokens, d.ngram, d.match, lookup_key(d.match));
+        },
+        "hist"_a, "n_max"_a, "Prompt lookup's draft for a history: (tokens, ngram, match length, key)");
     m.def("build_info", &build_info, "llama.cpp build this module links: backends, devices, CPU features");
 
     nb::class_<ModelParams>(m, "ModelParams")
@@ -237,15 +245,15 @@ NB_MODULE(_core, m) {
         .def_prop_ro("drifted", &CostModel::drifted)
         .def_prop_ro("n_calibrations", &CostModel::n_calibrations)
         .def("begin_generation", &CostModel::begin_generation)
-        .def("observe_lookup", &CostModel::observe_lookup, "ngram"_a, "pos"_a, "accepted"_a)
+        .def("observe_lookup", &CostModel::observe_lookup, "key"_a, "pos"_a, "accepted"_a)
         .def("decay_lookup", &CostModel::decay_lookup, "keep"_a)
         .def("best_lookup_window",
-             [](const CostModel & c, int ngram, int n_avail) {
+             [](const CostModel & c, int key, int n_avail) {
                  double gain = 0.0;
-                 const int k = c.best_lookup_window(ngram, n_avail, &gain);
+                 const int k = c.best_lookup_window(key, n_avail, &gain);
                  return nb::make_tuple(k, gain);
              },
-             "ngram"_a, "n_avail"_a)
+             "key"_a, "n_avail"_a)
         .def("to_json", &CostModel::to_json);
 
     nb::enum_<DraftPolicy>(m, "DraftPolicy").value("fixed", DraftPolicy::Fixed).value("auto", DraftPolicy::Auto);

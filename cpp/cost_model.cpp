@@ -264,16 +264,17 @@ bool CostModel::worth_adding(int j, double expected, double p_all, double a) con
 }
 
 void CostModel::decay_lookup(double keep) {
-    for (int g = 0; g < kLookupMaxNgram; ++g)
+    for (int g = 0; g < kLookupKeys; ++g)
         for (size_t i = 0; i < lookup_n_[g].size(); ++i) {
             lookup_n_[g][i] *= keep;
             lookup_acc_[g][i] *= keep;
         }
 }
 
-void CostModel::observe_lookup(int ngram, int pos, bool accepted) {
-    auto & n = lookup_n_[ngram - 1];
-    auto & acc = lookup_acc_[ngram - 1];
+void CostModel::observe_lookup(int key, int pos, bool accepted) {
+    if (key < 0 || key >= kLookupKeys || pos < 0) return;
+    auto & n = lookup_n_[key];
+    auto & acc = lookup_acc_[key];
     if ((int) n.size() <= pos) {
         n.resize(pos + 1, 0.0);
         acc.resize(pos + 1, 0.0);
@@ -282,12 +283,16 @@ void CostModel::observe_lookup(int ngram, int pos, bool accepted) {
     acc[pos] += accepted;
 }
 
-int CostModel::best_lookup_window(int ngram, int n_avail, double * gain) const {
+int CostModel::best_lookup_window(int key, int n_avail, double * gain) const {
     // Conditional acceptance per position, unreached positions borrowing the last, under a neutral
     // prior (one acceptance in two). The engine judges declined drafts too (Engine::ShadowLookup),
     // so evidence arrives without paying for windows that lose.
-    const auto & n = lookup_n_[ngram - 1];
-    const auto & acc = lookup_acc_[ngram - 1];
+    if (key < 0 || key >= kLookupKeys) {
+        if (gain) *gain = 1.0;
+        return 0;
+    }
+    const auto & n = lookup_n_[key];
+    const auto & acc = lookup_acc_[key];
     auto rate = [&](int pos) {
         if (n.empty()) return 0.5;
         const int p = std::min(pos, (int) n.size() - 1);

@@ -115,14 +115,15 @@ public:
     // so far are accepted, does adding token j (acceptance `a`) raise expected tokens per ms?
     bool worth_adding(int j, double expected_so_far, double p_all_so_far, double a) const;
 
-    // Prompt-lookup windows (lookup.h): acceptance per matched n-gram length and window position,
-    // apart from the drafter's. It depends on how much the text repeats itself as much as on the
-    // target, so each generation starts with the earlier evidence halved (decay_lookup(0.5)).
+    // Prompt-lookup windows (lookup.h): acceptance per match key (lookup_key: how far back the match
+    // agrees) and window position, apart from the drafter's. It depends on the text as much as on the
+    // target, so each generation starts with the earlier evidence scaled by kLookupKeep.
+    static constexpr double kLookupKeep = 0.8;
     void decay_lookup(double keep);
-    void observe_lookup(int ngram, int pos, bool accepted);
-    // Best window of at most n_avail tokens for a match of this n-gram length by expected tokens/ms
-    // (no drafter cost); 0 = none beats plain decoding. *gain: its tokens/ms relative to plain.
-    int best_lookup_window(int ngram, int n_avail, double * gain) const;
+    void observe_lookup(int key, int pos, bool accepted);
+    // Best window of at most n_avail tokens for a match of this key by expected tokens/ms (no drafter
+    // cost); 0 = none beats plain decoding. *gain: its tokens/ms relative to plain.
+    int best_lookup_window(int key, int n_avail, double * gain) const;
 
     std::string to_json() const;  // {"target_ms": {"1": ..}, "draft_ms": ..} for the trainer
 
@@ -144,7 +145,7 @@ private:
     double conf_acc_[kBuckets] = {}, conf_n_[kBuckets] = {};
     double first_n_[kBuckets] = {}, first_total_ = 0.0;
     std::vector<double> pos_acc_, pos_n_;
-    std::vector<double> lookup_acc_[kLookupMaxNgram], lookup_n_[kLookupMaxNgram];  // [ngram - 1][position]
+    std::vector<double> lookup_acc_[kLookupKeys], lookup_n_[kLookupKeys];  // [lookup_key][position]
 };
 
 }  // namespace ppow

@@ -202,23 +202,24 @@ bool Engine::capture_wanted(const GenParams & gp, int drafted) const {
 int Engine::lookup_window(const GenParams & gp, const std::vector<llama_token> & hist, int k_cap, bool speculate) {
     const LookupDraft found = lookup_draft(hist, k_cap);
     const std::vector<llama_token> & cand = found.tokens;
+    const int key = lookup_key(found.match);
     int k = (int) cand.size();
-    if (k == 0) return 0;
+    if (k == 0) return -1;
     if (gp.policy == DraftPolicy::Auto) {
         // Against the better of plain decoding and the drafter's own expected gain.
         if (!costs_.calibrated()) calibrate(gp.draft_max);
         double gain = 0.0, drafter_gain = 1.0;
-        k = costs_.best_lookup_window(found.ngram, k, &gain);
+        k = costs_.best_lookup_window(key, k, &gain);
         if (speculate) {
             costs_.best_window(k_cap, &drafter_gain);
             drafter_gain = std::max({1.0, drafter_gain, costs_.gated_gain()});
         }
         if (k == 0 || gain <= drafter_gain) {
-            if (shadow_lookup_.tokens.empty()) shadow_lookup_ = {cand, found.ngram, hist.size(), 0};
-            return 0;
+            if (shadow_lookup_.tokens.empty()) shadow_lookup_ = {cand, key, hist.size(), 0};
+            return -1;
         }
     } else if (k < std::max(gp.draft_min, 1)) {
-        return 0;
+        return -1;
     }
     draft_.tokens.assign(cand.begin(), cand.begin() + k);
     if (!gp.sampling.greedy()) {
@@ -230,7 +231,7 @@ int Engine::lookup_window(const GenParams & gp, const std::vector<llama_token> &
             draft_.dists[i].probs.assign(1, 1.0f);
         }
     }
-    return found.ngram;
+    return key;
 }
 
 void Engine::judge_shadow_lookup(const std::vector<llama_token> & hist, Stats & st) {
@@ -238,7 +239,7 @@ void Engine::judge_shadow_lookup(const std::vector<llama_token> & hist, Stats & 
     if (sh.judged == 0 && sh.at < hist.size() && !sh.tokens.empty()) st.n_lookup_shadow += 1;
     while (sh.judged < sh.tokens.size() && sh.at + sh.judged < hist.size()) {
         const bool ok = hist[sh.at + sh.judged] == sh.tokens[sh.judged];
-        costs_.observe_lookup(sh.ngram, (int) sh.judged, ok);
+        costs_.observe_lookup(sh.key, (int) sh.judged, ok);
         sh.judged += 1;
         if (!ok) { sh = {}; return; }  // a verify judges nothing after the first rejection either
     }
@@ -378,7 +379,7 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
     const bool greedy = gp.sampling.greedy();
     const bool speculate = drafter_ && gp.use_drafter && gp.draft_max > 0;
     const bool lookup = gp.lookup && gp.draft_max > 0;
-    if (lookup) costs_.decay_lookup(0.5);
+    if (lookup) costs_.decay_lookup(CostModel::kLookupKeep);
     shadow_lookup_ = {};
     const int nv = target_.n_vocab();
 
@@ -435,8 +436,8 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
                                   gp.n_predict - (int) res.tokens.size() - 1});
             draft_.clear();
             if (lookup) judge_shadow_lookup(hist, st);
-            const int lookup_ngram = lookup && k_cap > 0 ? lookup_window(gp, hist, k_cap, speculate) : 0;
-            const bool looked_up = lookup_ngram > 0;
+            const int looked_key = lookup && k_cap > 0 ? lookup_window(gp, hist, k_cap, speculate) : -1;
+            const bool looked_up = looked_key >= 0;
             bool probe = false;
             int k = looked_up || !speculate ? 0
                     : choose_window(gp, k_cap, (int) hist.size(), gp.n_predict - (int) res.tokens.size(), probe);
@@ -544,7 +545,7 @@ Result Engine::generate(const std::vector<llama_token> & prompt, const GenParams
                 st.drafted_at[i] += 1;
                 st.accepted_at[i] += i < a;
                 if (i > a) continue;  // later ones were never judged
-                if (looked_up) costs_.observe_lookup(lookup_ngram, i, i < a);
+                if (looked_up) costs_.observe_lookup(looked_key, i, i < a);
                 else costs_.observe_token(i, draft_.confidence[i], i < a);
             }
             if (looked_up) {

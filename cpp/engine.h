@@ -129,8 +129,8 @@ private:
     // Whether the target's features should be captured in this step's verify batch: only while the
     // drafter is likely to draft at the next step (an idle feature drafter then costs nothing).
     bool capture_wanted(const GenParams & gp, int drafted) const;
-    // Prompt lookup's window into draft_.tokens when it is the step's best draft: returns the length
-    // of the matched n-gram (its acceptance is kept per length), 0 when lookup does not draft.
+    // Prompt lookup's window into draft_.tokens when it is the step's best draft: returns the match's
+    // key (lookup_key: its acceptance is kept per key), -1 when lookup does not draft.
     int lookup_window(const GenParams & gp, const std::vector<llama_token> & hist, int k_cap, bool speculate);
     // Judges the pending declined lookup draft (shadow_lookup_) against the tokens committed since.
     void judge_shadow_lookup(const std::vector<llama_token> & hist, Stats & st);
@@ -154,7 +154,7 @@ private:
     // a lookup draft's acceptance probability). One pending at a time.
     struct ShadowLookup {
         std::vector<llama_token> tokens;
-        int ngram = 0;
+        int key = 0;                // lookup_key of the match
         size_t at = 0, judged = 0;  // history index of tokens[0]; positions judged so far
     } shadow_lookup_;
     // A probe window's feature drafter takes in only this many recent positions: its cost stays

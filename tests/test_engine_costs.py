@@ -233,27 +233,30 @@ def test_lookup_prior_is_neutral_where_a_window_costs_more_than_it_is_likely_to_
     # No evidence yet: acceptance 1/2 at every position, below what a window needs here, so lookup
     # waits for evidence (the engine gets it free from the drafts it declines) instead of paying for it.
     c = lookup_costs()
-    assert c.best_lookup_window(1, 4) == (0, 1.0)
+    assert c.best_lookup_window(0, 4) == (0, 1.0)
     cheap = _core.CostModel()  # where a 2-row verify costs 1.05x a plain step, 1/2 already pays
     cheap.calibrate([1, 2, 3], lambda n: {1: 1.0, 2: 1.05, 3: 1.1}[n])
-    k, gain = cheap.best_lookup_window(1, 2)
+    k, gain = cheap.best_lookup_window(0, 2)
     assert k >= 1 and gain > 1.0
 
 
-def test_lookup_windows_follow_the_evidence_per_ngram():
+def test_lookup_windows_follow_the_evidence_per_key():
     c = lookup_costs()
-    for _ in range(20):  # two-token matches: nine in ten accepted at every position
+    for _ in range(20):  # matches that agree 9+ tokens back (key 4): nine in ten accepted everywhere
         for pos in range(4):
-            c.observe_lookup(2, pos, pos < 3 or _ % 10 != 0)
-    for i in range(20):  # one-token matches: three in ten at the first position
-        c.observe_lookup(1, 0, i % 10 < 3)
-    k2, gain2 = c.best_lookup_window(2, 4)
-    assert k2 == 4 and gain2 > 1.5
-    assert c.best_lookup_window(1, 4)[0] == 0
-    # Each generation starts with the earlier evidence halved: a new generation's own evidence soon
-    # outweighs it (here: one-token matches that now repeat).
+            c.observe_lookup(4, pos, pos < 3 or _ % 10 != 0)
+    for i in range(20):  # one-token matches (key 0): three in ten at the first position
+        c.observe_lookup(0, 0, i % 10 < 3)
+    k4, gain4 = c.best_lookup_window(4, 4)
+    assert k4 == 4 and gain4 > 1.5
+    assert c.best_lookup_window(0, 4)[0] == 0
+    # Each generation starts with the earlier evidence scaled down: a new generation's own evidence
+    # soon outweighs it (here: one-token matches that now repeat).
     c.decay_lookup(0.5)
     for _ in range(12):
-        c.observe_lookup(1, 0, True)
-        c.observe_lookup(1, 1, True)
-    assert c.best_lookup_window(1, 2)[0] >= 1
+        c.observe_lookup(0, 0, True)
+        c.observe_lookup(0, 1, True)
+    assert c.best_lookup_window(0, 2)[0] >= 1
+    # Keys outside the table are ignored, never drafted from.
+    c.observe_lookup(5, 0, True)
+    assert c.best_lookup_window(5, 4) == (0, 1.0) and c.best_lookup_window(-1, 4) == (0, 1.0)

@@ -5,6 +5,7 @@ target's distribution."""
 import pytest
 
 import ppow
+from ppow import _core
 from eagle3_random import write_random_eagle3
 from test_engine_sampling import ALPHA, N, draws, same_distribution_p
 
@@ -43,6 +44,21 @@ def test_greedy_with_lookup_equals_plain(tiny_target_gguf, drafters, kind, polic
         assert lookup_steps > 0 and lookup_accepted > 0 and shadow == 0
     else:  # every match is judged: verified where auto drafts it, against the committed tokens where not
         assert lookup_steps + shadow > 0
+
+
+def test_lookup_picks_the_occurrence_that_agrees_furthest_back():
+    # The tail (3, 4) occurs twice before: the latest occurrence agrees 2 tokens back, the earlier one
+    # 4 (1, 2, 3, 4), so the earlier one's continuation is the draft, and its key is that of 3-4.
+    hist = [1, 2, 3, 4, 9, 3, 4, 8, 1, 2, 3, 4]
+    assert _core.lookup_draft(hist, 3) == ([9, 3, 4], 2, 4, 2)
+    # Equal agreement: the latest occurrence; a 1-token tail where no 2-gram recurs.
+    assert _core.lookup_draft([5, 1, 2, 3, 4, 5, 1, 2, 7, 7, 1, 2], 3) == ([7, 7, 1], 2, 2, 1)
+    assert _core.lookup_draft([7, 1, 8, 1], 2) == ([8, 1], 1, 1, 0)
+    # A copy in progress: agreement measured up to 16 tokens back (key 4), draft capped at n_max.
+    text = list(range(100, 140))
+    assert _core.lookup_draft(text + text[:20], 4) == (text[20:24], 2, 16, 4)
+    assert _core.lookup_draft([1, 2, 3], 3) == ([], 0, 0, 0) and _core.lookup_draft([], 3) == ([], 0, 0, 0)
+    assert _core.lookup_draft(text + text[:20], 0)[0] == []
 
 
 def test_lookup_off_by_default(tiny_target_gguf):
