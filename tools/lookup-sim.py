@@ -9,7 +9,7 @@ cpp/lookup.cpp) step by step, for every prompt, with no timing noise: simulated 
 T(rows) over the steps. This is a model of the engine's rule, kept small on purpose; the engine is
 what ships, and ppow-bench is what measures it.
 
-    python tools/lookup-sim.py --cache DEV_CACHE --profile '{"1": 13.3, "2": 24.5, "3": 29.0}' [-n 64]
+    python tools/lookup-sim.py --cache DEV_CACHE [--cache ...] --profile '{"1": 13.3, "2": 24.5, "3": 29.0}' [-n 64]
 
 Rules compared (`--rules`): optimistic (until 2026-12-05: prior 2 acceptances in 2, no evidence
 from declined drafts, one table per n-gram length, half the evidence kept per generation); ngram (a
@@ -180,7 +180,8 @@ def generate(rule, prompt, traj, n_predict, draft_max=8):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", required=True, help="a data-engine cache of greedy answers (prompt-tail 0)")
+    ap.add_argument("--cache", required=True, action="append",
+                    help="a data-engine cache of greedy answers (prompt-tail 0); repeat to pool caches")
     ap.add_argument("--profile", required=True, help="verify costs T(n) in ms as JSON {n: ms} or a file "
                     "(Generator.cost_profile()['target_ms']); missing sizes are interpolated linearly")
     ap.add_argument("-n", type=int, default=64, help="tokens per prompt (at most the cache's)")
@@ -199,7 +200,7 @@ def main():
         slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
         for n in range(xs[-1] + 1, VERIFY_CHUNK + 1):
             costs[n] = ys[-1] + slope * (n - xs[-1])
-    seqs, _ = read_trajectories(args.cache)
+    seqs = [t for c in args.cache for t in read_trajectories(c)[0]]
 
     makers = {  # the engine's rules over time, and the ceiling
         "optimistic": lambda: Rule("optimistic", costs, 2.0, 2.0, 1.0, shadow=False, decay=args.decay or 0.5),
