@@ -37,6 +37,8 @@ Options:
   --kd-args "..."       extra ppow-train kd flags (plateau and continued KD), e.g. "--draft-vocab 8192 --chunk-len 256"
   --ppow-args "..."     extra ppow-train ppow flags (every PPOW arm), e.g. "--k-min 1 --k-max 8"
   --lr X                learning rate of every arm (default 1e-4, constant)
+  --plateau-lr X        learning rate of the plateau KD (default: --lr when it continues an --init
+                        checkpoint, ppow-train kd's own default for a fresh drafter)
   --segment N           KD steps between held-out evaluations (default 200)
   --max-kd-steps N      the plateau search stops here at the latest (default 20000)
   --patience P          segments without a gain of --eps that make a plateau (default 3)
@@ -55,7 +57,7 @@ Options:
 EOF
 }
 
-TARGET= TRAIN= HELDOUT= EVAL= BENCH_PROMPTS= BENCH_LIMIT=52 KIND=feature INIT= START= KD_ARGS= PPOW_ARGS=
+TARGET= TRAIN= HELDOUT= EVAL= BENCH_PROMPTS= BENCH_LIMIT=52 KIND=feature INIT= START= KD_ARGS= PPOW_ARGS= PLATEAU_LR=
 LR=1e-4 SEGMENT=200 MAX_KD=20000 PATIENCE=3 EPS=0.005 BUDGET=700 CPU_PROFILE= GPU_PROFILE=h200-gemma3-270m
 PROFILES=cpu,gpu ARMS=kd,expected,sampled,no-speedup,no-proximity,no-adaptive,anchor-reference,no-anchor
 KS=1,2,4,8 THREADS=1 PARALLEL=1 OUT= TOY=0
@@ -64,7 +66,7 @@ while [ $# -gt 0 ]; do
     --target) TARGET=$2; shift 2;; --train-cache) TRAIN=$2; shift 2;; --heldout-cache) HELDOUT=$2; shift 2;;
     --eval-cache) EVAL=$2; shift 2;; --bench-prompts) BENCH_PROMPTS=$2; shift 2;; --bench-limit) BENCH_LIMIT=$2; shift 2;;
     --kind) KIND=$2; shift 2;; --init) INIT=$2; shift 2;; --start) START=$2; shift 2;;
-    --kd-args) KD_ARGS=$2; shift 2;; --ppow-args) PPOW_ARGS=$2; shift 2;; --lr) LR=$2; shift 2;;
+    --kd-args) KD_ARGS=$2; shift 2;; --ppow-args) PPOW_ARGS=$2; shift 2;; --lr) LR=$2; shift 2;; --plateau-lr) PLATEAU_LR=$2; shift 2;;
     --segment) SEGMENT=$2; shift 2;; --max-kd-steps) MAX_KD=$2; shift 2;; --patience) PATIENCE=$2; shift 2;;
     --eps) EPS=$2; shift 2;; --budget) BUDGET=$2; shift 2;; --cpu-profile) CPU_PROFILE=$2; shift 2;;
     --gpu-profile) GPU_PROFILE=$2; shift 2;; --profiles) PROFILES=$2; shift 2;; --arms) ARMS=$2; shift 2;;
@@ -124,33 +126,52 @@ tau_of() {  # tau at k of an eval JSON
 }
 
 # ---------------------------------------------------------------------------------------- 1. KD to the plateau
+# The start is the plateau's best checkpoint by held-out tau(k=4): an --init checkpoint is the curve's
+# step 0 and stays the start if no segment beats it by --eps (continued KD that only hurts is no start).
 if [ -z "$START" ]; then
-  START=$OUT/start
-  if [ ! -f "$START/config.json" ]; then
+  if [ -f "$OUT/start.path" ]; then
+    START=$(cat "$OUT/start.path")
+  else
     mkdir -p "$OUT/curve"
+    LRF=()  # a checkpoint continues at --lr; a fresh drafter at ppow-train kd's own default
+    if [ -n "$PLATEAU_LR" ]; then LRF=(--lr "$PLATEAU_LR"); elif [ -n "$INIT" ]; then LRF=(--lr "$LR"); fi
     [ -n "$INIT" ] && FIRST=(--init "$INIT") || FIRST=(--drafter-kind "$KIND")
-    step=0 best=-1 since=0
     touch "$OUT/curve.tsv"
+    best=-1 best_dir= since=0 step=0
+    if [ -n "$INIT" ]; then
+      [ -f "$OUT/curve/0.json" ] || { ppow-train eval --drafter "$INIT" "${TFLAG[@]}" --cache "$HELDOUT" --k 4 --quiet \
+        -o "$OUT/curve/0.json.tmp" > /dev/null && mv "$OUT/curve/0.json.tmp" "$OUT/curve/0.json" && echo -e "0\t0\t$(tau_of "$OUT/curve/0.json" 4)" >> "$OUT/curve.tsv"; }
+      best=$(tau_of "$OUT/curve/0.json" 4) best_dir=$INIT
+      log "plateau KD: step 0 (the --init checkpoint) tau(k=4) $best"
+    fi
     while [ "$step" -lt "$MAX_KD" ]; do
       step=$((step + SEGMENT))
       if [ ! -f "$OUT/curve/$step.json" ]; then
         log "plateau KD: steps up to $step"
-        ppow-train kd "${CACHES[@]}" "${TFLAG[@]}" "${FIRST[@]}" "${KDA[@]}" --steps "$MAX_KD" --stop-after "$SEGMENT" \
+        ppow-train kd "${CACHES[@]}" "${TFLAG[@]}" "${FIRST[@]}" "${LRF[@]}" "${KDA[@]}" --steps "$MAX_KD" --stop-after "$SEGMENT" \
           --schedule constant --save-every 0 --resume --threads "$THREADS" --quiet -o "$OUT/kd" > /dev/null
-        ppow-train eval --drafter "$OUT/kd/ckpt" --cache "$HELDOUT" --k 4 --quiet -o "$OUT/curve/$step.json" > /dev/null
+        ppow-train eval --drafter "$OUT/kd/ckpt" --cache "$HELDOUT" --k 4 --quiet -o "$OUT/curve/$step.json.tmp" > /dev/null
+        t=$(tau_of "$OUT/curve/$step.json.tmp" 4)
+        if "$PY" -c "import sys; sys.exit(0 if float(sys.argv[1]) > float(sys.argv[2]) + float(sys.argv[3]) else 1)" "$t" "$best" "$EPS"; then
+          rm -rf "$OUT/best.tmp"; cp -r "$OUT/kd/ckpt" "$OUT/best.tmp"; rm -rf "$OUT/best"; mv "$OUT/best.tmp" "$OUT/best"
+          echo "$step" > "$OUT/best.step"
+        fi
+        mv "$OUT/curve/$step.json.tmp" "$OUT/curve/$step.json"
         cpu=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]+'/ckpt/ppow_train.json'))['cpu_seconds'])" "$OUT/kd" 2>/dev/null || echo "")
-        echo -e "$step\t$cpu\t$(tau_of "$OUT/curve/$step.json" 4)" >> "$OUT/curve.tsv"
+        echo -e "$step\t$cpu\t$t" >> "$OUT/curve.tsv"
       fi
       t=$(tau_of "$OUT/curve/$step.json" 4)
       if "$PY" -c "import sys; sys.exit(0 if float(sys.argv[1]) > float(sys.argv[2]) + float(sys.argv[3]) else 1)" "$t" "$best" "$EPS"; then
-        best=$t since=0
+        best=$t since=0 best_dir=$OUT/best
       else
         since=$((since + 1))
       fi
       log "plateau KD: step $step tau(k=4) $t (best $best, $since segment(s) without a gain)"
       [ "$since" -ge "$PATIENCE" ] && break
     done
-    rm -rf "$START.tmp"; cp -r "$OUT/kd/ckpt" "$START.tmp"; mv "$START.tmp" "$START"
+    START=$best_dir
+    echo "$START" > "$OUT/start.path"
+    log "the start: $START (tau(k=4) $best on the held-out cache)"
   fi
 fi
 
@@ -159,6 +180,8 @@ mkdir -p "$OUT/profiles"
 if [ -n "$CPU_PROFILE" ]; then
   cp "$CPU_PROFILE" "$OUT/profiles/cpu.json"
 elif [ ! -f "$OUT/profiles/cpu.json" ]; then
+  [ -f "$START/ppow_train.json" ] || { echo "ppow-vs-kd: the start $START is not a trainer checkpoint (an exported" \
+    "drafter kept as the start): measure its cost profile with its GGUF and pass --cpu-profile" >&2; exit 2; }
   log "measuring this CPU's cost profile with the start drafter ($THREADS thread(s))"
   ppow-convert drafter "$START" --target "$TARGET" -o "$OUT/profiles/start.gguf" > /dev/null
   "$PY" - "$TARGET" "$OUT/profiles/start.gguf" "$THREADS" "$OUT/profiles/cpu.json" <<'PY'
@@ -220,7 +243,7 @@ while [ "$running" -gt 0 ]; do wait -n || { echo "ppow-vs-kd: an arm failed (see
 
 # ---------------------------------------------------------------------------------------- 4. tau of every arm
 mkdir -p "$OUT/eval"
-[ -f "$OUT/eval/start.json" ] || ppow-train eval --drafter "$START" --cache "$EVAL" --k "$KS" --quiet -o "$OUT/eval/start.json" > /dev/null
+[ -f "$OUT/eval/start.json" ] || ppow-train eval --drafter "$START" "${TFLAG[@]}" --cache "$EVAL" --k "$KS" --quiet -o "$OUT/eval/start.json" > /dev/null
 for job in "${JOBS[@]}"; do
   [ -f "$OUT/eval/$job.json" ] || ppow-train eval --drafter "$OUT/arms/$job/final" --cache "$EVAL" --k "$KS" --quiet \
     -o "$OUT/eval/$job.json" > /dev/null
