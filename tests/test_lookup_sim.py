@@ -34,19 +34,12 @@ COSTS_CHEAP = {n: 1.0 + 0.1 * (n - 1) for n in range(1, 8)}   # verify rows near
 COSTS_DEAR = {n: 1.0 + 0.9 * (n - 1) for n in range(1, 8)}    # each row almost a whole step
 
 
-def _rule(name, costs):
-    kw = {"optimistic": dict(prior_acc=2.0, prior_n=2.0, empty_rate=1.0, shadow=False, decay=0.5),
-          "engine": dict(prior_acc=1.0, prior_n=2.0, empty_rate=0.5, shadow=True, decay=0.8, keyed=True,
-                         longest=True),
-          "oracle": dict(prior_acc=0, prior_n=1, empty_rate=1.0, shadow=False, oracle=True)}[name]
-    return sim.Rule(name, costs, **kw)
-
-
 def test_a_copy_pays_and_the_oracle_bounds_every_rule():
     text = list(range(100, 160))
     prompt, traj = text, text[:40]  # the answer copies its prompt
     plain = len(traj) * COSTS_CHEAP[1]
-    times = {name: sim.generate(_rule(name, COSTS_CHEAP), prompt, traj, 40)[0] for name in ("engine", "oracle")}
+    times = {name: sim.generate(sim.make_rule(name, COSTS_CHEAP), prompt, traj, 40)[0]
+             for name in ("engine", "oracle")}
     assert times["oracle"] <= times["engine"] < 0.5 * plain
 
 
@@ -56,8 +49,8 @@ def test_where_nothing_repeats_usefully_the_engine_rule_stays_near_plain():
     prompt = [1, 2, 3, 4] * 10
     traj = [t for i in range(24) for t in (2, 100 + i)]
     plain = len(traj) * COSTS_DEAR[1]
-    engine = _rule("engine", COSTS_DEAR)
-    optimistic = _rule("optimistic", COSTS_DEAR)
+    engine = sim.make_rule("engine", COSTS_DEAR)
+    optimistic = sim.make_rule("optimistic", COSTS_DEAR)
     t_engine = t_optimistic = 0.0
     for _ in range(3):  # three generations: the evidence carries over
         t_engine += sim.generate(engine, prompt, traj, len(traj))[0]

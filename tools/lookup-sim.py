@@ -28,6 +28,8 @@ import sys
 import numpy as np
 from safetensors import safe_open
 
+from ppow.train.cache_files import finished_shards
+
 MAX_NGRAM = 2          # lookup.h kLookupMaxNgram
 MATCH_MAX = 16         # how far back a match's agreement is measured
 N_KEYS = 5
@@ -35,20 +37,17 @@ VERIFY_CHUNK = 7       # engine.h kCpuInvariantRows: longer windows are verified
 
 
 def read_trajectories(cache_dir):
-    """[(prompt ids, greedy continuation ids, category)] of every sequence, in cache order."""
-    meta = json.load(open(os.path.join(cache_dir, "meta.json")))
-    shards = sorted(f for f in os.listdir(cache_dir) if f.endswith(".safetensors"))
+    """[(prompt ids, greedy continuation ids)] of every finished shard's sequences, in cache order (only
+    the token tensors are read, not the hidden states ppow.train.cache.Cache loads)."""
     out = []
-    for sh in shards:
-        side = json.load(open(os.path.join(cache_dir, sh.replace(".safetensors", ".json"))))
-        with safe_open(os.path.join(cache_dir, sh), "pt") as f:
+    for num, side in sorted(finished_shards(cache_dir), key=lambda x: x[0]):
+        with safe_open(os.path.join(cache_dir, side["summary"]["file"]), "pt") as f:
             tokens, lens, plens = (f.get_tensor(k).tolist() for k in ("tokens", "seq_len", "prompt_len"))
         at = 0
-        for i, (n, p) in enumerate(zip(lens, plens)):
-            seq = tokens[at:at + n]
-            out.append((seq[:p], seq[p:], side["category"][i]))
+        for n, p in zip(lens, plens):
+            out.append((tokens[at:at + p], tokens[at + p:at + n]))
             at += n
-    return out, meta
+    return out
 
 
 def lookup_draft(hist, n_max, longest=False):
@@ -132,6 +131,22 @@ class Rule:
         return best_k
 
 
+RULES = ("optimistic", "ngram", "engine", "oracle")
+
+
+def make_rule(name, costs, decay=None):
+    """One of RULES (the engine's rules over time, and the ceiling); decay None: the rule's own."""
+    if name == "optimistic":
+        return Rule(name, costs, 2.0, 2.0, 1.0, shadow=False, decay=decay or 0.5)
+    if name == "ngram":
+        return Rule(name, costs, 1.0, 2.0, 0.5, shadow=True, decay=decay or 0.5)
+    if name == "engine":
+        return Rule(name, costs, 1.0, 2.0, 0.5, shadow=True, decay=decay or 0.8, keyed=True, longest=True)
+    if name == "oracle":
+        return Rule(name, costs, 0, 1, 1.0, shadow=False, oracle=True)
+    raise ValueError(f"unknown rule {name!r} (known: {', '.join(RULES)})")
+
+
 def generate(rule, prompt, traj, n_predict, draft_max=8):
     """Simulated ms and steps for one generation of len(traj) (<= n_predict) tokens."""
     rule.begin()
@@ -185,7 +200,7 @@ def main():
     ap.add_argument("--profile", required=True, help="verify costs T(n) in ms as JSON {n: ms} or a file "
                     "(Generator.cost_profile()['target_ms']); missing sizes are interpolated linearly")
     ap.add_argument("-n", type=int, default=64, help="tokens per prompt (at most the cache's)")
-    ap.add_argument("--rules", default="optimistic,ngram,engine,oracle")
+    ap.add_argument("--rules", default=",".join(RULES))
     ap.add_argument("--decay", type=float, default=None, help="evidence kept at each generation's start "
                     "(default: each rule's own, 0.5 or the engine's 0.8)")
     ap.add_argument("--json", help="also write the figures here")
@@ -200,23 +215,16 @@ def main():
         slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
         for n in range(xs[-1] + 1, VERIFY_CHUNK + 1):
             costs[n] = ys[-1] + slope * (n - xs[-1])
-    seqs = [t for c in args.cache for t in read_trajectories(c)[0]]
+    seqs = [t for c in args.cache for t in read_trajectories(c)]
 
-    makers = {  # the engine's rules over time, and the ceiling
-        "optimistic": lambda: Rule("optimistic", costs, 2.0, 2.0, 1.0, shadow=False, decay=args.decay or 0.5),
-        "ngram": lambda: Rule("ngram", costs, 1.0, 2.0, 0.5, shadow=True, decay=args.decay or 0.5),
-        "engine": lambda: Rule("engine", costs, 1.0, 2.0, 0.5, shadow=True, decay=args.decay or 0.8,
-                               keyed=True, longest=True),
-        "oracle": lambda: Rule("oracle", costs, 0, 1, 1.0, shadow=False, oracle=True),
-    }
     report = {"cache": args.cache, "costs_ms": costs, "n": args.n, "prompts": len(seqs), "rules": {}}
     print(f"{len(seqs)} prompts, {args.n} tokens, T(n)/T(1): "
           + " ".join(f"{n}:{costs[n] / costs[1]:.2f}" for n in sorted(costs)))
     print(f"{'rule':<12} {'median':>7} {'geomean':>8} {'total':>7} {'<0.95':>6} {'tau':>6}")
     for name in args.rules.split(","):
-        rule = makers[name]()
+        rule = make_rule(name, costs, args.decay)
         speedups, t_all, plain_all, steps_all, toks_all = [], 0.0, 0.0, 0, 0
-        for prompt, traj, _cat in seqs:
+        for prompt, traj in seqs:
             ms, steps, n_out = generate(rule, prompt, traj, args.n)
             if n_out == 0:
                 continue
