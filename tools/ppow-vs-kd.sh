@@ -145,26 +145,25 @@ if [ -z "$START" ]; then
       log "plateau KD: step 0 (the --init checkpoint) tau(k=4) $best"
     fi
     while [ "$step" -lt "$MAX_KD" ]; do
-      step=$((step + SEGMENT))
-      if [ ! -f "$OUT/curve/$step.json" ]; then
+      step=$((step + SEGMENT)) curve=$OUT/curve/$step.json
+      if [ ! -f "$curve" ] && [ ! -f "$curve.tmp" ]; then  # a .tmp: evaluated, not yet recorded (killed)
         log "plateau KD: steps up to $step"
         ppow-train kd "${CACHES[@]}" "${TFLAG[@]}" "${FIRST[@]}" "${LRF[@]}" "${KDA[@]}" --steps "$MAX_KD" --stop-after "$SEGMENT" \
           --schedule constant --save-every 0 --resume --threads "$THREADS" --quiet -o "$OUT/kd" > /dev/null
-        ppow-train eval --drafter "$OUT/kd/ckpt" --cache "$HELDOUT" --k 4 --quiet -o "$OUT/curve/$step.json.tmp" > /dev/null
-        t=$(tau_of "$OUT/curve/$step.json.tmp" 4)
-        if "$PY" -c "import sys; sys.exit(0 if float(sys.argv[1]) > float(sys.argv[2]) + float(sys.argv[3]) else 1)" "$t" "$best" "$EPS"; then
-          rm -rf "$OUT/best.tmp"; cp -r "$OUT/kd/ckpt" "$OUT/best.tmp"; rm -rf "$OUT/best"; mv "$OUT/best.tmp" "$OUT/best"
-          echo "$step" > "$OUT/best.step"
-        fi
-        mv "$OUT/curve/$step.json.tmp" "$OUT/curve/$step.json"
-        cpu=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]+'/ckpt/ppow_train.json'))['cpu_seconds'])" "$OUT/kd" 2>/dev/null || echo "")
-        echo -e "$step\t$cpu\t$t" >> "$OUT/curve.tsv"
+        ppow-train eval --drafter "$OUT/kd/ckpt" --cache "$HELDOUT" --k 4 --quiet -o "$curve.tmp" > /dev/null
       fi
-      t=$(tau_of "$OUT/curve/$step.json" 4)
+      [ -f "$curve.tmp" ] && t=$(tau_of "$curve.tmp" 4) || t=$(tau_of "$curve" 4)
       if "$PY" -c "import sys; sys.exit(0 if float(sys.argv[1]) > float(sys.argv[2]) + float(sys.argv[3]) else 1)" "$t" "$best" "$EPS"; then
+        # a new best is kept before its curve point is: a resumed run never points at a missing copy
+        [ -f "$curve.tmp" ] && { rm -rf "$OUT/best.tmp"; cp -r "$OUT/kd/ckpt" "$OUT/best.tmp"; rm -rf "$OUT/best"; mv "$OUT/best.tmp" "$OUT/best"; }
         best=$t since=0 best_dir=$OUT/best
       else
         since=$((since + 1))
+      fi
+      if [ -f "$curve.tmp" ]; then
+        mv "$curve.tmp" "$curve"
+        cpu=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]+'/ckpt/ppow_train.json'))['cpu_seconds'])" "$OUT/kd" 2>/dev/null || echo "")
+        echo -e "$step\t$cpu\t$t" >> "$OUT/curve.tsv"
       fi
       log "plateau KD: step $step tau(k=4) $t (best $best, $since segment(s) without a gain)"
       [ "$since" -ge "$PATIENCE" ] && break
