@@ -95,13 +95,15 @@ void ModelDrafter::draft(const DraftRequest & req, DraftResult & out, Rng & rng)
 
     // Bring the drafter's cache up to the committed history (lazily: only when it drafts): keep the
     // common prefix, decode the rest in one batch (at least the newest token, whose logits start the
-    // window). After a long idle run only the latest kMaxCatchup tokens enter, from an empty cache.
+    // window). After a long idle run only the latest kMaxCatchup tokens enter (a probe's: its
+    // req.max_catchup), from an empty cache.
+    const int max_catchup = std::max(1, std::min(kMaxCatchup, req.max_catchup));
     if (base_ > n) base_ = 0;
     hist_draft_.resize(n - base_);
     for (int i = base_; i < n; ++i) hist_draft_[i - base_] = to_draft(hist[i]);
     int keep = model_.common_prefix(hist_draft_, 1);
-    if ((int) hist_draft_.size() - keep > kMaxCatchup || (base_ > 0 && keep == 0)) {
-        base_ = std::max(0, n - kMaxCatchup);
+    if ((int) hist_draft_.size() - keep > max_catchup || (base_ > 0 && keep == 0)) {
+        base_ = std::max(0, n - max_catchup);
         hist_draft_.resize(n - base_);
         for (int i = base_; i < n; ++i) hist_draft_[i - base_] = to_draft(hist[i]);
         keep = 0;

@@ -24,8 +24,8 @@ struct DraftRequest {
     std::function<bool(int j, float p)> keep;
     bool need_confidence = false;  // greedy drafts compute p only when the policy reads it
     std::vector<float> * logits_out = nullptr;  // if set: each step's draft-vocabulary logits, appended
-    // Feature drafters: take in at most this many of the latest committed positions not yet taken in
-    // (a probe after a long plain run should cost a few entries, not the whole run).
+    // Take in at most this many of the latest committed positions not yet taken in (a probe after a
+    // long plain run should cost a few positions, not the whole run); each drafter's own cap applies too.
     int max_catchup = 1 << 30;
 };
 

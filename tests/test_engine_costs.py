@@ -180,6 +180,31 @@ def test_an_unused_feature_drafter_costs_no_capture(tmp_path, tiny_target_gguf):
         assert s.n_draft_catchup <= 2 * 16 + 2  # probes take in a bounded number of positions
 
 
+def test_an_unused_standalone_drafter_probes_with_a_bounded_catch_up(tmp_path):
+    # A standalone drafter auto leaves idle has fallen the whole history behind; its probes take in
+    # only the latest positions (the probe cap, as a feature drafter's), not up to 256 tokens each.
+    import ggufgen as G
+
+    target, drafter = str(tmp_path / "target.gguf"), str(tmp_path / "drafter.gguf")
+    G.write(target, *G.tiny_target())
+    G.write(drafter, *G.tiny_model_drafter())  # random weights: it (almost) never agrees
+    long_prompts = [f"{p} hello world the robot paints a blue river " * 2 for p in PROMPTS]
+    with ppow.Generator(target, n_ctx=256, n_threads=1) as plain, \
+            ppow.Generator(target, drafter, n_ctx=256, n_threads=1) as g:
+        probes = 0
+        for i in range(3):
+            for prompt in long_prompts:
+                ref = plain.generate(prompt, n_predict=48, ignore_eos=True)
+                out = g.generate(prompt, n_predict=48, ignore_eos=True, draft_policy="auto")
+                assert out.tokens == ref.tokens
+                s = out.stats
+                assert s.prompt_tokens > 60  # a new prompt: the drafter is far more than 16 behind
+                if s.n_plain_steps + s.n_probe_steps == s.n_steps:  # drafted in probes only
+                    assert s.n_draft_catchup <= 16 * s.n_probe_steps, (i, prompt, s.n_draft_catchup)
+                    probes += s.n_probe_steps
+        assert probes >= 2
+
+
 def test_feature_drafter_resumes_after_gaps_exactly(tmp_path, tiny_target_gguf):
     # Capture goes off and on again while the policy switches; drafting after a gap restarts the
     # drafter's features and entries there, and every output stays plain's.

@@ -111,11 +111,13 @@ def test_cancel_from_other_thread(tiny_target_gguf, tiny_drafter_gguf):
 
     with ppow.Generator(tiny_target_gguf, tiny_drafter_gguf, n_ctx=4096) as g:
         got = []
-        timer = threading.Timer(0.05, g.cancel)
-        timer.start()
+        first = threading.Event()  # cancel once a token is out (a timer raced the prompt on a loaded machine)
+        canceller = threading.Thread(target=lambda: (first.wait(), g.cancel()))
+        canceller.start()
         for piece in g.stream("Once upon a time", n_predict=4000, ignore_eos=True):
             got.append(piece)
-        timer.join()
+            first.set()
+        canceller.join()
         s = g.last_stats
         assert s.stop_reason == "cancelled" and 0 < s.n_generated < 4000
         # The generator stays usable after a cancel and is still lossless.
