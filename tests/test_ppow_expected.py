@@ -401,3 +401,40 @@ def test_packaged_h200_cost_profile(tmp_path):
     args = _args(["--cost-profile", "h200-gemma3-270m"])
     from ppow.train import ppow
     assert ppow.cost_from_args(args).to_dict() == c.to_dict()
+
+
+# ----------------------------------------------------------------------------------- tools/objective-weights.py
+
+
+def _objective_weights():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("objective_weights", Path(__file__).parents[1] / "tools" / "objective-weights.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_objective_weights_reads_each_objectives_gradient_where_its_loss_puts_it(feature_work, tmp_path):
+    # The diagnostic behind the issue-23 cause: the PPOW step's gradient lands on exactly the windows'
+    # positions (one per window at k = 1, at most k per window and on k unrolled steps otherwise) and
+    # KD's on its unrolled steps; shares are shares.
+    ow = _objective_weights()
+    common = ["--init", feature_work["kd"], "--cache", str(feature_work["dir"] / "cache"), "--target", feature_work["target"],
+              "--cost-profile", "h200-gemma3-270m", "--batches", "2", "--threads", "1",
+              "--kd-args", "--ttt-steps 3 --batch-size 4 --chunk-len 0"]
+    one = ow.main(common + ["--ppow-args", "--no-adaptive-window --k 1 --chunks 2 --chunk-len 0 --kl-coef 0 --no-proximity",
+                            "-o", str(tmp_path / "k1.json")])
+    for b in one["batches"]:
+        pp, kd = b["ppow_expected"], b["kd"]
+        assert pp["positions"] == pp["windows"] > 0 and pp["grad_share_by_step"] == [1.0]
+        assert len(kd["grad_share_by_step"]) == 3 and sum(kd["grad_share_by_step"]) == pytest.approx(1.0, abs=1e-3)
+        for d in (pp, kd):
+            assert 0.0 <= d["grad_share_on_misses"] <= 1.0 and 0.0 < d["grad_weighted_mean_s"] < 1.0
+        assert -1.0 <= b["cosine_ppow_vs_kd_same_chunks"] <= 1.0
+    assert json.load(open(tmp_path / "k1.json"))["mean"]["ppow_expected"] == one["mean"]["ppow_expected"]
+    three = ow.main(common + ["--ppow-args", "--no-adaptive-window --k 3 --chunks 2 --chunk-len 0"])
+    for b in three["batches"]:
+        pp = b["ppow_expected"]
+        assert pp["windows"] < pp["positions"] <= 3 * pp["windows"] and len(pp["grad_share_by_step"]) == 3
