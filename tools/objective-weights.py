@@ -40,14 +40,14 @@ class KeepLogits(torch.nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        self.model, self.kind, self.logits, self.inputs = model, model.kind, None, None
+        self.model, self.kind, self.logits = model, model.kind, None
 
     def forward(self, feats, toks, key_mask):
         out = self.model(feats, toks, key_mask)
         for x in out:
             if x.requires_grad:  # not in a step function's no-grad selection pass
                 x.retain_grad()
-        self.logits, self.inputs = list(out), (feats, toks, key_mask)
+        self.logits = list(out)
         return out
 
 
@@ -129,7 +129,8 @@ def main(argv=None):
     ppow_fn = expected.make_step_fn(wrap, None, cache, vocab, pa, cost)
 
     rows = cache.scored
-    valid_ppow = expected.valid_starts(cache, pa.k_max if pa.adaptive_window else pa.k, pa.all_positions, True)
+    K = pa.k_max if pa.adaptive_window else pa.k  # the unrolled steps a PPOW pass draws its windows for
+    valid_ppow = expected.valid_starts(cache, K, pa.all_positions, True)
     out = {"init": a.init, "cache": a.cache, "cost_profile": a.cost_profile, "ppow_args": a.ppow_args,
            "kd_args": a.kd_args, "batches": []}
     for step in range(a.batches):
@@ -137,8 +138,7 @@ def main(argv=None):
         # same generator (feature_batch draws the chunks first, as the step function does)
         model.zero_grad(set_to_none=True)
         m = ppow_fn(tr, step)
-        batch = expected.feature_batch(cache, vocab, valid_ppow, pa.k_max if pa.adaptive_window else pa.k, pa,
-                                       step_generator(pa.seed, step, 0), "cpu")
+        batch = expected.feature_batch(cache, vocab, valid_ppow, K, pa, step_generator(pa.seed, step, 0), "cpu")
         S = len(wrap.logits)
         pp = spread(wrap.logits, batch["labels"][:S])
         pp.update(k_mean=float(m["k_mean"]), windows=int(m["windows"]), windows_scored=int(m["windows_scored"]),
@@ -157,7 +157,6 @@ def main(argv=None):
         pk, gk = kd_grad(*kd.feature_chunks(cache, ka.batch_size, ka.chunk_len, step_generator(ka.seed, step, 0), rows))
         # KD's loss on the chunks the PPOW step drew (same positions, all of them): the direction KD
         # would take on that data; KD on its own batch against it is the batch-to-batch reference
-        K = pa.k_max if pa.adaptive_window else pa.k
         same = kd.feature_chunks(cache, expected.n_chunks(pa, K, cache, True), pa.chunk_len,
                                  step_generator(pa.seed, step, 0), valid_ppow)
         _, gs = kd_grad(*same)
