@@ -1,6 +1,6 @@
 #!/bin/bash
 # Issue 21, SmolLM2 schedule check: from the 478k-position run's step 300 (dev144 1.387), 200 more
-# steps with the learning rate annealed by cosine from 1e-4 to 0, then tau on dev96 and dev144.
+# steps with the learning rate annealed by cosine from 1e-4 to 1e-5, then tau on dev96 and dev144.
 . /work/main/.venv/bin/activate
 cd /work/runs/s7
 ppow-train kd --cache /work/data/smollm2-v1-math --cache /work/runs/s7/smollm2-v1-18shards --allow-incomplete-cache \
