@@ -62,7 +62,7 @@ class Backward:
         return 0.0
 
 
-def spread(logits, labels, weight_mask=None):
+def spread(logits, labels):
     """Per-position logits-gradient norms of a pass -> dict of shares. labels [S,B,T] (-100: none)."""
     norms, miss, steps, s_all = [], [], [], []
     for i, x in enumerate(logits):
@@ -90,6 +90,10 @@ def spread(logits, labels, weight_mask=None):
 def param_grad(model):
     return torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel())
                       for p in model.parameters() if p.requires_grad])
+
+
+def cosine(x, y):
+    return round(float(torch.nn.functional.cosine_similarity(x, y, dim=0)), 4)
 
 
 def main(argv=None):
@@ -131,6 +135,16 @@ def main(argv=None):
     rows = cache.scored
     K = pa.k_max if pa.adaptive_window else pa.k  # the unrolled steps a PPOW pass draws its windows for
     valid_ppow = expected.valid_starts(cache, K, pa.all_positions, True)
+
+    def kd_grad(starts, ends):
+        """kd.feature_kd_loss's batch and loss on these chunks, kept open for the labels: (spread, grad)."""
+        model.zero_grad(set_to_none=True)
+        feats, key_mask, toks, labels, p_ids, p, valid = kd.ttt_batch(cache, vocab, starts, ends, ka.ttt_steps, rows)
+        logits = wrap(feats, list(toks), key_mask)
+        loss, _ = kd.ttt_loss(logits, valid, labels, p_ids, p, ka.ce_coef, ka.kl_coef, ka.ttt_decay)
+        loss.backward()
+        return spread(wrap.logits, torch.where(valid, labels, torch.full_like(labels, -100))), param_grad(model)
+
     out = {"init": a.init, "cache": a.cache, "cost_profile": a.cost_profile, "ppow_args": a.ppow_args,
            "kd_args": a.kd_args, "batches": []}
     for step in range(a.batches):
@@ -145,24 +159,15 @@ def main(argv=None):
                   expected_accepted=float(m["accepted"]))
         gp = param_grad(model)
 
-        # KD: kd.feature_kd_loss's batch and loss, the labels from the same generator
-        def kd_grad(starts, ends):
-            model.zero_grad(set_to_none=True)
-            feats, key_mask, toks, labels, p_ids, p, valid = kd.ttt_batch(cache, vocab, starts, ends, ka.ttt_steps, rows)
-            logits = wrap(feats, list(toks), key_mask)
-            loss, _ = kd.ttt_loss(logits, valid, labels, p_ids, p, ka.ce_coef, ka.kl_coef, ka.ttt_decay)
-            loss.backward()
-            return spread(wrap.logits, torch.where(valid, labels, torch.full_like(labels, -100))), param_grad(model)
-
+        # KD: kd.feature_kd_loss's chunks (the same generator) and loss
         pk, gk = kd_grad(*kd.feature_chunks(cache, ka.batch_size, ka.chunk_len, step_generator(ka.seed, step, 0), rows))
         # KD's loss on the chunks the PPOW step drew (same positions, all of them): the direction KD
         # would take on that data; KD on its own batch against it is the batch-to-batch reference
         same = kd.feature_chunks(cache, expected.n_chunks(pa, K, cache, True), pa.chunk_len,
                                  step_generator(pa.seed, step, 0), valid_ppow)
         _, gs = kd_grad(*same)
-        cos = lambda x, y: round(float(torch.nn.functional.cosine_similarity(x, y, dim=0)), 4)
-        out["batches"].append(dict(step=step, ppow_expected=pp, kd=pk, cosine_ppow_vs_kd_same_chunks=cos(gp, gs),
-                                   cosine_kd_vs_kd_other_chunks=cos(gk, gs), cosine_ppow_vs_kd=cos(gp, gk)))
+        out["batches"].append(dict(step=step, ppow_expected=pp, kd=pk, cosine_ppow_vs_kd_same_chunks=cosine(gp, gs),
+                                   cosine_kd_vs_kd_other_chunks=cosine(gk, gs), cosine_ppow_vs_kd=cosine(gp, gk)))
         print(json.dumps(out["batches"][-1]), flush=True)
 
     def mean(key, sub):
