@@ -1,27 +1,19 @@
 """Coverage of SmolLM2's greedy tokens on the 240 dev prompts (dev96 + dev144 caches, scored rows) by
-draft vocabularies: the shipped drafters' d2t, and the N most frequent tokens of the training caches."""
-import glob, sys
-import numpy as np
-from safetensors import safe_open
+draft vocabularies: the shipped drafters' d2t, and the vocabulary `ppow-train kd --draft-vocab N` builds
+from the training caches (kd.build_vocab: the N most frequent cache tokens plus the specials)."""
+import torch
+from safetensors.torch import load_file
 
-def col(dirs, key, scored_only):
-    out = []
-    for d in dirs:
-        for f in sorted(glob.glob(d + "/shard_*.safetensors")):
-            with safe_open(f, "np") as s:
-                v = s.get_tensor(key)
-                if scored_only:
-                    v = v[s.get_tensor("scored").astype(bool)]
-                out.append(v)
-    return np.concatenate(out)
+from ppow.train.cache import Cache
+from ppow.train.kd import build_vocab
 
-dev = col(["/work/runs/s6/dev96-smollm2", "/work/runs/s6/dev144-smollm2"], "greedy", True)
-train = col(["/work/data/smollm2-v1-math", "/work/runs/s8/smollm2-v1-24shards"], "tokens", False)
-with safe_open("/work/runs/s7/smol-anneal/final/draft_vocab.safetensors", "np") as s:
-    d2t = s.get_tensor("d2t")
+dev_cache = Cache(["/work/runs/s6/dev96-smollm2", "/work/runs/s6/dev144-smollm2"])
+dev = dev_cache.greedy[dev_cache.scored]
+train = Cache(["/work/data/smollm2-v1-math", "/work/runs/s8/smollm2-v1-24shards"], allow_incomplete=True)
+shipped = load_file("/work/runs/s7/smol-anneal/final/draft_vocab.safetensors")["d2t"]
 print(f"dev scored rows {len(dev)}, training tokens {len(train)}")
-print(f"shipped d2t ({len(d2t)}): {np.isin(dev, d2t).mean():.4f}")
-freq = np.bincount(train, minlength=49152)
-order = np.argsort(-freq, kind="stable")
-for n in (8192, 16384, 32768, 49152):
-    print(f"top {n} of the training caches: {np.isin(dev, order[:n]).mean():.4f}")
+print(f"shipped d2t ({len(shipped)}): {torch.isin(dev, shipped).float().mean():.4f}")
+for n in (8192, 16384, 32768, 0):
+    d2t = build_vocab(train, n).d2t
+    share = 1.0 if d2t is None else float(torch.isin(dev, d2t).float().mean())
+    print(f"--draft-vocab {n or 'full'}: {share:.4f}")
