@@ -22,6 +22,11 @@ rows = [json.loads(l) for l in open(f"{S}/train-prompts.jsonl")]
 t0 = [r for r in rows[6000:] if r["source"].startswith("t0/") and not LONG_ANSWER_SOURCES.search(r["source"])]
 with open(f"{W}/t0-candidates.jsonl", "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in random.Random(7).sample(t0, 200))
+# prompts it DID train on (cache A: the first 3,968 of the first 6,000 rows, in order): 66 such T0 prompts
+# of the first 3,000 rows
+train = [r for r in rows[:3000] if r["source"].startswith("t0/") and not LONG_ANSWER_SOURCES.search(r["source"])]
+with open(f"{W}/traint0.jsonl", "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in random.Random(7).sample(train, 66))
 with open(f"{W}/first6000.jsonl", "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in rows[:6000])
 dev = open(f"{S}/specbench-dev.jsonl").read().splitlines()
@@ -39,4 +44,11 @@ done
 for set in t0 chat dev144; do
   ppow-train eval --drafter "$W/gemma-kd" --target gemma3-270m --cache "$W/gemma-cache-$set" --k 1,2,4,8 --quiet \
     -o "$OUT/gemma-kd-$set.json" > /dev/null
+done
+# trained-on against unseen T0 prompts with the drafter's training context (the prompt's last 64 tokens)
+for set in traint0 t0; do
+  ppow-train data --target gemma3-270m --prompts "$W/$set.jsonl" --template qa --prompt-tail 64 --max-new 64 \
+    --layers auto --topk 16 --n-parallel 16 --threads 2 -o "$W/gemma-cache-$set-tail64" --quiet
+  ppow-train eval --drafter "$W/gemma-kd" --target gemma3-270m --cache "$W/gemma-cache-$set-tail64" --k 1,2,4,8 \
+    --quiet -o "$OUT/gemma-kd-$set-tail64.json" > /dev/null
 done

@@ -28,7 +28,17 @@ import sys
 lines = open(sys.argv[1]).read().splitlines()
 open(sys.argv[2], "w").write("".join(l + "\n" for i, l in enumerate(lines) if i % 5 not in (0, 2)))
 PY
-for set in chat math dev144; do
+# the same, on prompts the shipped drafter DID train on (its answers regenerated, greedy): the self-written
+# requests among the first 1,000 rows of prompts-v1.jsonl (inside the 18 chat shards it saw) and the first
+# 101 of the 500 math prompts
+python - "$W" <<'PY'
+import json, sys
+W = sys.argv[1]
+rows = [json.loads(l) for l in open(f"{W}/data/prompts-v1.jsonl")][:1000]
+open(f"{W}/trainchat.jsonl", "w").writelines(json.dumps(r) + "\n" for r in rows if r["source"].startswith("self:"))
+open(f"{W}/trainmath.jsonl", "w").writelines(open(f"{W}/data/prompts-v1-math.jsonl").readlines()[:101])
+PY
+for set in chat math dev144 trainchat trainmath; do
   ppow-train data --target smollm2-135m --prompts "$W/$set.jsonl" --limit 144 --template chat --prompt-tail 0 \
     --max-new 64 --layers auto --topk 16 --n-parallel 16 --threads 2 -o "$W/cache-$set" --quiet
 done
@@ -36,7 +46,7 @@ done
 [ -s "$W/kd-old.gguf" ] || git -C "$REPO" show 8722f99:python/ppow/drafters/smollm2-135m-kd.gguf > "$W/kd-old.gguf"
 [ -d "$W/kd-old" ] || ppow-convert drafter "$W/kd-old.gguf" --to hf -o "$W/kd-old"
 for d in kd-new kd-old; do
-  for set in chat math dev144; do
+  for set in chat math dev144 $([ $d = kd-new ] && echo trainchat trainmath); do
     ppow-train eval --drafter "$W/$d" --target smollm2-135m --cache "$W/cache-$set" --k 1,2,4,8 --quiet \
       -o "$OUT/$d-$set.json" > /dev/null
   done
