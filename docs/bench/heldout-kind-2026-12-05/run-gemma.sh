@@ -1,7 +1,8 @@
 #!/bin/bash
 # The same question for Gemma 3 270M: the shipped gemma3-270m-kd (trained on T0 tasks and GSM8K of the
 # first 6,000 rows of train-prompts.jsonl, plus long answers drawn from LONG_ANSWER_SOURCES across the file)
-# on the target's 64 greedy tokens (`qa` template) of three prompt sets it never trained on:
+# on the target's 64 greedy tokens (`qa` template) of three prompt sets it never trained on, and of T0
+# prompts it did train on against the unseen ones with its training context (traint0, at the end):
 #   t0     : up to 144 T0 prompts after row 6,000 whose sources the long-answer cache did not draw from (its
 #            kind), those sharing text with the first 6,000 rows dropped by the prompts stage's filter
 #   chat   : the 127 SmolLM2-synthesised requests of run.sh (prompts-chat.jsonl; the chat mix's kind)

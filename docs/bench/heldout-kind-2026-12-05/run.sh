@@ -1,8 +1,9 @@
 #!/bin/bash
-# Issue 21: is the drafters' gap to the goals one of kind (Spec-Bench asks what the training prompts do
-# not) or of generalisation (they fit their training sequences, not new ones of the same kind)?
-# The shipped SmolLM2 KD drafter and the previous release's, on the target's greedy continuations (64
-# tokens) of three prompt sets none of them trained on:
+# Issue 21: where do the drafters lose acceptance: on prompts of another kind (Spec-Bench asks what the
+# training prompts do not), or already on new prompts of their own kind (they fit their training
+# sequences)? The shipped SmolLM2 KD drafter and the previous release's, on the target's greedy
+# continuations (64 tokens) of three prompt sets none of them trained on, and the shipped one also on
+# prompts it did train on (trainchat, trainmath, below):
 #   chat   : new SmolLM2-synthesised requests (the training chat mix's own synthesis, another seed), with
 #            near-copies of the training prompts and of Spec-Bench dropped by the prompts stage's filters
 #   math   : GSM8K problems outside the 500 the math cache answered (near-copies of those dropped)
