@@ -16,7 +16,7 @@ OUT=$(dirname "$0")
 mkdir -p "$W"
 . "$REPO/.venv/bin/activate"
 python - "$S" "$W" <<'PY'
-import json, random, sys
+import json, os, random, sys
 from ppow.train.prompts import LONG_ANSWER_SOURCES
 S, W = sys.argv[1:3]
 rows = [json.loads(l) for l in open(f"{S}/train-prompts.jsonl")]
@@ -30,8 +30,9 @@ with open(f"{W}/traint0.jsonl", "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in random.Random(7).sample(train, 66))
 with open(f"{W}/first6000.jsonl", "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in rows[:6000])
-dev = open(f"{S}/specbench-dev.jsonl").read().splitlines()
-open(f"{W}/dev144.jsonl", "w").write("".join(l + "\n" for i, l in enumerate(dev) if i % 5 not in (0, 2)))
+if not os.path.exists(f"{W}/dev144.jsonl"):  # run.sh's split: every fifth dev prompt and the one two after it are dev96
+    dev = open(f"{S}/specbench-dev.jsonl").read().splitlines()
+    open(f"{W}/dev144.jsonl", "w").write("".join(l + "\n" for i, l in enumerate(dev) if i % 5 not in (0, 2)))
 PY
 # T0 applies several templates to one article: drop candidates that share text with the trained range
 [ -s "$W/t0.jsonl" ] || ppow-train prompts --include "$W/t0-candidates.jsonl" --exclude "$S/specbench-dev.jsonl" \
